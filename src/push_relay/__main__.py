@@ -1,0 +1,3 @@
+from push_relay.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,214 @@
+"""The ASGI application: a tiny explicit router over /push, /health, /ready and /metrics.
+
+No framework: the per-request work is parsing one small form, so every layer between the
+socket and the relay is cost without benefit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from push_relay.config import Config, ServerConfig
+from push_relay.errors import InvalidRequest
+from push_relay.request import parse_form, validate
+from push_relay.runtime import Runtime
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+
+MAX_BODY_BYTES = 4096
+FORM_TYPE = b"application/x-www-form-urlencoded"
+TEXT = (b"content-type", b"text/plain")
+TEXT_UTF8 = (b"content-type", b"text/plain; charset=utf-8")
+PUSH_NOT_SUCCESSFUL = b"Push not successful"
+
+log = logging.getLogger("push_relay")
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class PushRelayApp:
+    """The relay's HTTP front end; the `Runtime` is built at ASGI lifespan start-up."""
+
+    def __init__(
+        self,
+        config: Config,
+        runtime_factory: Callable[[Config], Awaitable[Runtime]] = Runtime.start,
+    ) -> None:
+        self.config = config
+        self.server: ServerConfig = config.server
+        self._runtime_factory = runtime_factory
+        self.runtime: Runtime | None = None
+        self._cors_any = "*" in self.server.cors_origins
+        self._cors_origins = {o.encode() for o in self.server.cors_origins}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    # -- lifespan ---------------------------------------------------------------------------
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    self.runtime = await self._runtime_factory(self.config)
+                except Exception as err:
+                    log.exception("start-up failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(err)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self.runtime is not None:
+                    await self.runtime.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -- routing ----------------------------------------------------------------------------
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"]
+        method = scope["method"]
+        if path == "/push":
+            if method == "POST":
+                await self._push(scope, receive, send)
+            elif method == "OPTIONS":
+                await self._preflight(scope, send)
+            else:
+                await _respond(send, 405, [(b"allow", b"POST, OPTIONS")])
+        elif path == "/health" and method in ("GET", "HEAD"):
+            await _respond(send, 200, [TEXT], b"ok")
+        elif path == "/ready" and method in ("GET", "HEAD"):
+            await self._ready(send)
+        elif path == "/metrics" and method in ("GET", "HEAD"):
+            await _respond(
+                send, 200, [(b"content-type", CONTENT_TYPE_LATEST.encode())], generate_latest()
+            )
+        elif path in ("/health", "/ready", "/metrics"):
+            await _respond(send, 405, [(b"allow", b"GET, HEAD")])
+        else:
+            await _respond(send, 404, [])
+
+    # -- /push ------------------------------------------------------------------------------
+
+    async def _push(self, scope: Scope, receive: Receive, send: Send) -> None:
+        cors = self._cors_headers(scope)
+        content_type = _header(scope, b"content-type")
+        if content_type is None or not _visible_ascii(content_type):
+            await _respond(send, 400, [TEXT_UTF8, *cors], b"Missing content type")
+            return
+        if not content_type.startswith(FORM_TYPE):
+            body = b"Invalid content type: " + content_type
+            await _respond(send, 400, [TEXT_UTF8, *cors], body)
+            return
+        try:
+            form = await self._read_body(receive)
+        except _BodyTooLarge:
+            await _respond(send, 413, [TEXT_UTF8, *cors], b"Request body too large")
+            return
+        except TimeoutError:
+            await _respond(send, 408, [TEXT_UTF8, *cors], b"Request body timed out")
+            return
+        runtime = self.runtime
+        if runtime is None:
+            await _respond(send, 503, [TEXT_UTF8, (b"retry-after", b"1"), *cors], b"Starting up")
+            return
+        try:
+            push = validate(parse_form(form))
+        except InvalidRequest as err:
+            await _respond(send, err.status, [TEXT_UTF8, *cors], err.body.encode())
+            return
+        outcome = await runtime.relay.push(push)
+        if outcome.status == 204:
+            await _respond(send, 204, [TEXT, *cors])
+        elif outcome.status == 503:
+            await _respond(send, 503, [TEXT, (b"retry-after", b"1"), *cors], PUSH_NOT_SUCCESSFUL)
+        else:
+            await _respond(send, outcome.status, [TEXT, *cors], PUSH_NOT_SUCCESSFUL)
+
+    async def _read_body(self, receive: Receive) -> bytes:
+        message = await receive()
+        body: bytes = message.get("body", b"")
+        if len(body) > MAX_BODY_BYTES:
+            raise _BodyTooLarge
+        if not message.get("more_body", False):
+            return body
+        chunks = [body]
+        size = len(body)
+        deadline = asyncio.get_running_loop().time() + self.server.body_timeout_secs
+        async with asyncio.timeout_at(deadline):
+            while message.get("more_body", False):
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise TimeoutError
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    raise _BodyTooLarge
+                chunks.append(chunk)
+        return b"".join(chunks)
+
+    # -- CORS -------------------------------------------------------------------------------
+
+    def _cors_headers(self, scope: Scope) -> Headers:
+        if self._cors_any:
+            return [(b"access-control-allow-origin", b"*")]
+        origin = _header(scope, b"origin")
+        if origin is not None and origin in self._cors_origins:
+            return [(b"access-control-allow-origin", origin), (b"vary", b"Origin")]
+        return [(b"vary", b"Origin")]
+
+    async def _preflight(self, scope: Scope, send: Send) -> None:
+        headers = [
+            *self._cors_headers(scope),
+            (b"access-control-allow-methods", b"POST"),
+            (b"access-control-allow-headers", b"Content-Type"),
+            (b"access-control-max-age", b"86400"),
+        ]
+        await _respond(send, 204, headers)
+
+    # -- /ready -----------------------------------------------------------------------------
+
+    async def _ready(self, send: Send) -> None:
+        runtime = self.runtime
+        backends: dict[str, dict[str, object]] = {}
+        ready = runtime is not None and not runtime.draining
+        if runtime is not None:
+            for name, state in (await runtime.relay.check_ready()).items():
+                backends[name] = {"ok": state.ok, "detail": state.detail}
+                ready = ready and state.ok
+        body = json.dumps({"ready": ready, "backends": backends}).encode()
+        await _respond(send, 200 if ready else 503, [(b"content-type", b"application/json")], body)
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value  # type: ignore[no-any-return]
+    return None
+
+
+def _visible_ascii(value: bytes) -> bool:
+    return all(b == 0x09 or 0x20 <= b < 0x7F for b in value)
+
+
+async def _respond(send: Send, status: int, headers: Headers, body: bytes = b"") -> None:
+    if status != 204:
+        headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

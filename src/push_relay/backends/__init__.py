@@ -1,0 +1,108 @@
+"""The backend interface and the table from request target to backend.
+
+A backend is built from its config section and the shared `Clients`, and answers `send(push)`
+by returning (delivered) or raising `PushFailed`. Each module under `backends/` is one push
+service; `build_backends` is the only place that knows them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import aiohttp
+
+from push_relay import tls
+from push_relay.config import Config
+from push_relay.request import ApnsTarget, FcmTarget, GatewayTarget, HmsTarget, PushRequest, Target
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    """Whether a backend can authenticate right now, for `/ready`."""
+
+    ok: bool
+    detail: str
+
+
+class Backend(Protocol):
+    """One push service."""
+
+    name: str  # metric label and InfluxDB `type`: fcm, apns, hms, threemagateway
+
+    async def send(self, push: PushRequest) -> None:
+        """Deliver `push`, or raise `PushFailed` saying whose fault it is."""
+        ...
+
+    async def check_ready(self) -> dict[str, Readiness]:
+        """Readiness per configured backend instance (e.g. one per HMS app)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close connections; pending sends have finished or been cancelled."""
+        ...
+
+
+@dataclass
+class Clients:
+    """What backends share within one worker: HTTP/1.1 session, TLS contexts and the clock.
+
+    Tests pass their own clock and backoff base so that retries run in milliseconds.
+    """
+
+    clock: Callable[[], float] = time.time
+    backoff_base: float = 1.0  # seconds; FCM waits backoff_base * 2^n between retries
+    ssl_context: ssl.SSLContext = field(default_factory=tls.client_context)
+    h2_ssl_context: ssl.SSLContext = field(default_factory=lambda: tls.client_context(["h2"]))
+    _http: aiohttp.ClientSession | None = None
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        """The worker's one keep-alive HTTP/1.1 session (created on first use, in the loop)."""
+        if self._http is None or self._http.closed:
+            connector = aiohttp.TCPConnector(ssl=self.ssl_context, limit=1000, ttl_dns_cache=300)
+            self._http = aiohttp.ClientSession(connector=connector, trust_env=False)
+        return self._http
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            # lets the connector's transports finish closing before the loop goes away
+            await asyncio.sleep(0)
+
+
+BackendTable = dict[type[Target], Backend]
+
+
+def build_backends(config: Config, clients: Clients) -> BackendTable:
+    """One backend per configured push service, keyed by the request target it serves."""
+    table: BackendTable = {}
+    if config.fcm is not None:
+        from push_relay.backends.fcm import FcmBackend
+
+        table[FcmTarget] = FcmBackend(config.fcm, clients)
+    if config.apns is not None:
+        from push_relay.backends.apns import ApnsBackend
+
+        table[ApnsTarget] = ApnsBackend(config.apns, clients)
+    if config.hms:
+        from push_relay.backends.hms import HmsBackend
+
+        table[HmsTarget] = HmsBackend(config.hms, clients)
+    if config.threema_gateway is not None:
+        from push_relay.backends.threema_gateway import GatewayBackend
+
+        table[GatewayTarget] = GatewayBackend(config.threema_gateway, clients)
+    return table
+
+
+TYPE_NAMES: dict[type[Target], str] = {
+    FcmTarget: "fcm",
+    ApnsTarget: "apns",
+    HmsTarget: "hms",
+    GatewayTarget: "threemagateway",
+}

@@ -1,0 +1,68 @@
+"""Logging set-up and the keyed token hash that keeps device tokens out of logs."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+LOG_FORMATS = ("text", "json")
+
+# Fields that a push log line carries as `extra`; the JSON formatter emits them as keys.
+PUSH_FIELDS = (
+    "push_type",
+    "outcome",
+    "reason",
+    "upstream_status",
+    "duration_ms",
+    "session",
+    "token_hash",
+)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for name in PUSH_FIELDS:
+            if hasattr(record, name):
+                entry[name] = getattr(record, name)
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def setup(level: str = "info", fmt: str = "text") -> None:
+    """Send every log line to stderr in the chosen format."""
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # uvicorn's access log would print every request a second time
+    logging.getLogger("uvicorn.access").disabled = True
+
+
+class TokenHasher:
+    """Keyed hash of device tokens: correlates pushes to one device without revealing it.
+
+    With no configured key, a random per-process key is used; configure `[server]
+    log_hash_key` so hashes stay comparable across restarts and workers.
+    """
+
+    def __init__(self, key: str | None = None) -> None:
+        self._key = key.encode() if key else os.urandom(32)
+
+    def __call__(self, token: str) -> str:
+        return hmac.new(self._key, token.encode(), hashlib.sha256).hexdigest()[:16]

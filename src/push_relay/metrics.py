@@ -1,0 +1,45 @@
+"""Prometheus metrics, defined once. Every name carries the `push_relay_` prefix."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+REQUESTS = Counter(
+    "push_relay_requests",
+    "Push requests answered, by backend, HTTP status answered and low-cardinality reason.",
+    ["backend", "outcome", "reason"],
+)
+UPSTREAM_SECONDS = Histogram(
+    "push_relay_upstream_seconds",
+    "Time spent relaying one push to its push service, retries included.",
+    ["backend"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+UPSTREAM_RETRIES = Counter(
+    "push_relay_upstream_retries",
+    "Requests to a push service that were retries of a transient failure.",
+    ["backend"],
+)
+IN_FLIGHT = Gauge(
+    "push_relay_in_flight",
+    "Pushes being relayed right now.",
+    multiprocess_mode="livesum",
+)
+AUTH_REFRESHES = Counter(
+    "push_relay_auth_refreshes",
+    "Upstream auth tokens obtained or signed, by backend and result (ok/error).",
+    ["backend", "result"],
+)
+INFLUXDB_QUEUE_DEPTH = Gauge(
+    "push_relay_influxdb_queue_depth",
+    "Points waiting to be written to InfluxDB.",
+    multiprocess_mode="livesum",
+)
+INFLUXDB_DROPPED = Counter(
+    "push_relay_influxdb_dropped",
+    "Points dropped because InfluxDB could not keep up or was unreachable.",
+)
+
+
+def auth_refreshed(backend: str, ok: bool) -> None:
+    AUTH_REFRESHES.labels(backend, "ok" if ok else "error").inc()

@@ -1,0 +1,171 @@
+"""The push request: form parsing and validation into an immutable `PushRequest`.
+
+Validation order and error bodies follow the original relay exactly: type, then the
+target's own parameters, then session, version, ttl and finally the APNs extras.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import unquote_to_bytes
+
+from push_relay.errors import InvalidRequest
+
+DEFAULT_TTL = 90
+MAX_APNS_COLLAPSE_ID_BYTES = 64
+
+# Rust's `u16::from_str` / `u32::from_str`: ASCII digits with an optional leading `+`.
+_UNSIGNED = re.compile(r"\+?[0-9]+", re.ASCII)
+_HEX_KEY = re.compile(r"[0-9a-fA-F]{64}", re.ASCII)
+
+
+@dataclass(frozen=True, slots=True)
+class FcmTarget:
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class ApnsTarget:
+    token: str
+    bundle_id: str
+    endpoint: Literal["p", "s"]
+
+    @property
+    def is_voip(self) -> bool:
+        return self.bundle_id.endswith(".voip")
+
+
+@dataclass(frozen=True, slots=True)
+class HmsTarget:
+    token: str
+    app_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayTarget:
+    identity: str
+    public_key: bytes  # 32 bytes
+
+    def __repr__(self) -> str:
+        return f"GatewayTarget(identity={self.identity!r})"
+
+
+Target = FcmTarget | ApnsTarget | HmsTarget | GatewayTarget
+
+
+@dataclass(frozen=True, slots=True)
+class PushRequest:
+    """A validated push, ready for its backend."""
+
+    target: Target
+    session: str
+    version: int
+    affiliation: str | None
+    ttl: int
+    collapse_key: str | None  # already prefixed: `relay.<key>`
+
+    def __repr__(self) -> str:  # never the device token
+        return (
+            f"PushRequest(type={type(self.target).__name__}, session={self.session[:10]!r}, "
+            f"version={self.version}, ttl={self.ttl})"
+        )
+
+
+def parse_form(body: bytes) -> dict[str, str]:
+    """Decode an application/x-www-form-urlencoded body; the first occurrence of a key wins.
+
+    `+` is a space, malformed escapes stay literal and invalid UTF-8 is replaced, as the
+    original's form decoder does. A pair without `=` has an empty value.
+    """
+    params: dict[str, str] = {}
+    for pair in body.split(b"&"):
+        if not pair:
+            continue
+        key, _, value = pair.partition(b"=")
+        name = _decode(key)
+        if name not in params:
+            params[name] = _decode(value)
+    return params
+
+
+def _decode(raw: bytes) -> str:
+    if b"%" in raw or b"+" in raw:
+        raw = unquote_to_bytes(raw.replace(b"+", b" "))
+    return raw.decode("utf-8", errors="replace")
+
+
+def parse_unsigned(text: str, bits: int) -> int:
+    """Parse like Rust's unsigned `from_str` after `trim()`; raise `InvalidRequest` otherwise."""
+    text = text.strip()
+    if not _UNSIGNED.fullmatch(text):
+        raise InvalidRequest(InvalidRequest.INVALID)
+    value = int(text)
+    if value >= 1 << bits:
+        raise InvalidRequest(InvalidRequest.INVALID)
+    return value
+
+
+def validate(params: dict[str, str]) -> PushRequest:
+    """Turn decoded form parameters into a `PushRequest` or raise `InvalidRequest`."""
+    if not params:
+        raise InvalidRequest(InvalidRequest.MISSING)
+    push_type = params.get("type", "fcm")
+    target: Target
+    if push_type in ("fcm", "gcm"):
+        target = FcmTarget(_required(params, "token"))
+    elif push_type == "apns":
+        # bundleid and endpoint are checked last, as the original does
+        target = ApnsTarget(_required(params, "token"), "", "p")
+    elif push_type == "hms":
+        target = HmsTarget(_required(params, "token"), _required(params, "appid"))
+    elif push_type == "threema-gateway":
+        target = _gateway_target(params)
+    else:
+        raise InvalidRequest(InvalidRequest.INVALID)
+
+    session = _required(params, "session")
+    version = parse_unsigned(_required(params, "version"), 16)
+    ttl_text = params.get("ttl")
+    ttl = DEFAULT_TTL if ttl_text is None else parse_unsigned(ttl_text, 32)
+    collapse = params.get("collapse_key")
+    collapse_key = None if collapse is None else f"relay.{collapse}"
+
+    if isinstance(target, ApnsTarget):
+        target = _apns_target(params, target.token, collapse_key)
+    return PushRequest(
+        target=target,
+        session=session,
+        version=version,
+        affiliation=params.get("affiliation"),
+        ttl=ttl,
+        collapse_key=collapse_key,
+    )
+
+
+def _required(params: dict[str, str], key: str) -> str:
+    value = params.get(key)
+    if value is None:
+        raise InvalidRequest(InvalidRequest.MISSING)
+    return value
+
+
+def _gateway_target(params: dict[str, str]) -> GatewayTarget:
+    identity = _required(params, "identity")
+    if len(identity.encode()) != 8 or identity.startswith("*"):
+        raise InvalidRequest(InvalidRequest.INVALID)
+    public_key = _required(params, "public_key")
+    if not _HEX_KEY.fullmatch(public_key):
+        raise InvalidRequest(InvalidRequest.INVALID)
+    return GatewayTarget(identity, bytes.fromhex(public_key))
+
+
+def _apns_target(params: dict[str, str], token: str, collapse_key: str | None) -> ApnsTarget:
+    bundle_id = _required(params, "bundleid")
+    endpoint = _required(params, "endpoint")
+    if endpoint not in ("p", "s"):
+        raise InvalidRequest(InvalidRequest.INVALID)
+    if collapse_key is not None and len(collapse_key.encode()) > MAX_APNS_COLLAPSE_ID_BYTES:
+        raise InvalidRequest(InvalidRequest.INVALID)
+    return ApnsTarget(token, bundle_id, "p" if endpoint == "p" else "s")

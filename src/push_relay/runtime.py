@@ -1,0 +1,50 @@
+"""One worker's running state, with an explicit lifecycle: start → serve → stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from push_relay.backends import Clients, build_backends
+from push_relay.config import Config
+from push_relay.logs import TokenHasher
+from push_relay.relay import PushObserver, Relay
+
+log = logging.getLogger("push_relay")
+
+
+@dataclass
+class Runtime:
+    config: Config
+    clients: Clients
+    relay: Relay
+    observers: list[PushObserver] = field(default_factory=list)
+    draining: bool = False
+
+    @classmethod
+    async def start(cls, config: Config, clients: Clients | None = None) -> Runtime:
+        """Build backends and sinks; nothing talks to a push service until the first push."""
+        clients = clients or Clients()
+        observers: list[PushObserver] = []
+        relay = Relay(
+            build_backends(config, clients),
+            observers=observers,
+            hasher=TokenHasher(config.server.log_hash_key),
+            max_in_flight=config.server.max_in_flight,
+        )
+        runtime = cls(config, clients, relay, observers)
+        log.info("backends configured: %s", ", ".join(config.backend_names()) or "none")
+        return runtime
+
+    async def stop(self) -> None:
+        """Let in-flight pushes finish (bounded by the grace period), then close everything."""
+        self.draining = True
+        grace = self.config.server.shutdown_grace_secs
+        if not await self.relay.wait_idle(grace):
+            log.warning(
+                "shutdown: %d pushes still in flight after %.0f s", self.relay.in_flight, grace
+            )
+        await self.relay.aclose()
+        await self.clients.aclose()
+        await asyncio.sleep(0)

@@ -1,0 +1,58 @@
+"""Shared fixtures: a test CA trusted through SSL_CERT_FILE, and a running relay."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+
+import pytest
+
+from push_relay import config
+from push_relay.backends import Clients
+from push_relay.testing.ca import TestCA
+from push_relay.testing.relay import RunningRelay, running_relay
+
+
+@pytest.fixture(scope="session")
+def test_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
+    return TestCA.create(tmp_path_factory.mktemp("ca"))
+
+
+@pytest.fixture(autouse=True)
+def trust_test_ca(test_ca: TestCA, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The relay's outgoing TLS trusts the simulators' CA, as an operator would configure."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(test_ca.ca_file))
+    yield
+
+
+RelayStarter = Callable[..., AbstractAsyncContextManager[RunningRelay]]
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[[str], Path]:
+    def write(text: str) -> Path:
+        path = tmp_path / "config.toml"
+        path.write_text(text)
+        return path
+
+    return write
+
+
+@pytest.fixture
+def start_relay(write_config: Callable[[str], Path]) -> RelayStarter:
+    """`async with start_relay(toml_text, clients=...) as relay:` runs the real server."""
+
+    def start(
+        text: str = "[server]\n", clients: Clients | None = None
+    ) -> AbstractAsyncContextManager[RunningRelay]:
+        return running_relay(config.load(write_config(text)), clients)
+
+    return start
+
+
+@pytest.fixture
+async def relay(start_relay: RelayStarter) -> AsyncIterator[RunningRelay]:
+    """A relay with no backend configured."""
+    async with start_relay() as running:
+        yield running
