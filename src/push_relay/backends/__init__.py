@@ -17,6 +17,7 @@ from typing import Protocol
 import aiohttp
 
 from push_relay import tls
+from push_relay.auth import TokenCache
 from push_relay.config import Config
 from push_relay.request import ApnsTarget, FcmTarget, GatewayTarget, HmsTarget, PushRequest, Target
 
@@ -49,15 +50,18 @@ class Backend(Protocol):
 
 @dataclass
 class Clients:
-    """What backends share within one worker: HTTP/1.1 session, TLS contexts and the clock.
+    """What backends share within one worker: HTTP/1.1 session, TLS contexts, auth tokens
+    and the clock.
 
-    Tests pass their own clock and backoff base so that retries run in milliseconds.
+    Tests pass their own clock and backoff base so that retries run in milliseconds. Give
+    `tokens` the same clock (`TokenCache(clock)`) when the clock is not `time.time`.
     """
 
     clock: Callable[[], float] = time.time
     backoff_base: float = 1.0  # seconds; FCM waits backoff_base * 2^n between retries
     ssl_context: ssl.SSLContext = field(default_factory=tls.client_context)
     h2_ssl_context: ssl.SSLContext = field(default_factory=lambda: tls.client_context(["h2"]))
+    tokens: TokenCache = field(default_factory=lambda: TokenCache())
     _http: aiohttp.ClientSession | None = None
 
     @property
