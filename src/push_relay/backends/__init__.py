@@ -53,16 +53,20 @@ class Clients:
     """What backends share within one worker: HTTP/1.1 session, TLS contexts, auth tokens
     and the clock.
 
-    Tests pass their own clock and backoff base so that retries run in milliseconds. Give
-    `tokens` the same clock (`TokenCache(clock)`) when the clock is not `time.time`.
+    Tests pass their own clock and backoff base so that retries run in milliseconds; the
+    token cache follows the same clock.
     """
 
     clock: Callable[[], float] = time.time
     backoff_base: float = 1.0  # seconds; FCM waits backoff_base * 2^n between retries
     ssl_context: ssl.SSLContext = field(default_factory=tls.client_context)
     h2_ssl_context: ssl.SSLContext = field(default_factory=lambda: tls.client_context(["h2"]))
-    tokens: TokenCache = field(default_factory=lambda: TokenCache())
+    tokens: TokenCache = field(default=None)  # type: ignore[assignment]  # set below
     _http: aiohttp.ClientSession | None = None
+
+    def __post_init__(self) -> None:
+        if self.tokens is None:
+            self.tokens = TokenCache(self.clock)
 
     @property
     def http(self) -> aiohttp.ClientSession:
