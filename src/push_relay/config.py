@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -130,12 +131,15 @@ def load(path: str | Path) -> Config:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise ConfigError(name, f"not valid UTF-8 at byte {err.start}") from None
-    if not text:
-        raise ConfigError(name, "Config is empty → Server has nothing to do")
+    empty = ConfigError(name, "Config is empty → Server has nothing to do")
+    if not text.strip():
+        raise empty
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(name, f"not valid TOML: {err}") from None
+    if not data:  # only comments: as empty as a blank file
+        raise empty
     return _Reader(name, Path(path).parent).config(data)
 
 
@@ -258,7 +262,7 @@ class _Reader:
         self._warn_unknown(s, known, "threema_gateway")
         key_file = self._require(s, "threema_gateway", "private_key_file", str)
         return GatewayConfig(
-            base_url=self._require(s, "threema_gateway", "base_url", str).rstrip("/"),
+            base_url=self._url(s, "threema_gateway", "base_url", None),
             identity=self._require(s, "threema_gateway", "identity", str),
             secret=self._require(s, "threema_gateway", "secret", str),
             private_key_file=key_file,
@@ -334,8 +338,10 @@ class _Reader:
         self, s: dict[str, Any], section: str, key: str, default: float, zero: bool = False
     ) -> float:
         value = self._get(s, section, key, (int, float), default)
-        if value < 0 or (value == 0 and not zero):
-            raise self._error(f"{section}.{key}", f"must be > 0, not {value}")
+        # TOML allows inf and nan; neither is a usable timeout
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+            bound = ">= 0" if zero else "> 0"
+            raise self._error(f"{section}.{key}", f"must be a finite number {bound}, not {value}")
         return float(value)
 
     def _positive_int(self, s: dict[str, Any], section: str, key: str, default: int) -> int:
