@@ -8,10 +8,13 @@ from dataclasses import dataclass, field
 
 from push_relay.backends import Clients, build_backends
 from push_relay.config import Config
+from push_relay.influxdb import InfluxSink
 from push_relay.logs import TokenHasher
 from push_relay.relay import PushObserver, Relay
 
 log = logging.getLogger("push_relay")
+
+INFLUX_FLUSH_SECS = 5.0  # shutdown waits at most this long to write queued statistics
 
 
 @dataclass
@@ -27,6 +30,9 @@ class Runtime:
         """Build backends and sinks; nothing talks to a push service until the first push."""
         clients = clients or Clients()
         observers: list[PushObserver] = []
+        influx = InfluxSink(config.influxdb, clients) if config.influxdb else None
+        if influx is not None:
+            observers.append(influx)
         relay = Relay(
             build_backends(config, clients),
             observers=observers,
@@ -34,6 +40,8 @@ class Runtime:
             max_in_flight=config.server.max_in_flight,
         )
         runtime = cls(config, clients, relay, observers)
+        if influx is not None:
+            influx.start()  # writes in the background: InfluxDB being down never blocks start-up
         log.info("backends configured: %s", ", ".join(config.backend_names()) or "none")
         return runtime
 
@@ -46,5 +54,8 @@ class Runtime:
                 "shutdown: %d pushes still in flight after %.0f s", self.relay.in_flight, grace
             )
         await self.relay.aclose()
+        for observer in self.observers:
+            if isinstance(observer, InfluxSink):
+                await observer.stop(INFLUX_FLUSH_SECS)
         await self.clients.aclose()
         await asyncio.sleep(0)
