@@ -1,23 +1,253 @@
-"""Placeholder until this backend lands; it refuses to start rather than fail pushes."""
+"""Huawei Push Kit (HMS): one OAuth2 client-credentials context per configured app.
+
+The request's `appid` picks the `[hms.<app-id>]` section. Access tokens come from the shared
+`TokenCache` (one fetch for any number of concurrent pushes) and are renewed 180 s before they
+expire. Messages go to `POST {push}/v1/<client_id>/messages:send`; `classify` maps Huawei's
+answer (HTTP status, then the result `code` of a 200 body) to whose fault a failure is.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from push_relay import metrics
+from push_relay.auth import Token
 from push_relay.backends import Clients, Readiness
 from push_relay.config import HmsConfig
-from push_relay.request import PushRequest
+from push_relay.errors import FailureKind, PushFailed
+from push_relay.payload import ThreemaPayload
+from push_relay.request import HmsTarget, PushRequest
+
+log = logging.getLogger("push_relay.backends.hms")
+
+REQUEST_TIMEOUT = 10.0  # seconds, for the token request and for each push
+RENEW_BEFORE_EXPIRY = 180  # seconds, as the original
+
+SUCCESS = "80000000"
+INVALID_TOKEN_CODES = frozenset({"80100000", "80300007"})  # some / all tokens invalid
+INTERNAL_ERROR_CODE = "81000001"
+AUTH_ERROR_CODES = frozenset({"80200001", "80200003"})  # authentication error / token expired
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What Huawei's answer means for the push: delivered, or a failure of some kind."""
+
+    kind: FailureKind | None  # None: delivered
+    reason: str
+    detail: str = ""
+    clear_token: bool = False  # the access token was refused: fetch a new one next time
+
+    @property
+    def delivered(self) -> bool:
+        return self.kind is None
+
+
+def classify(status: int, body: bytes) -> Verdict:
+    """Map a `messages:send` answer to a verdict (contract §7 and §11).
+
+    Only the result code is ever quoted: Huawei's `msg` can list the device tokens.
+    """
+    if status == 400:
+        return Verdict(FailureKind.CLIENT, "bad_request", _code_detail(body))
+    if status in (500, 502):
+        return Verdict(FailureKind.UPSTREAM, "upstream_error", _code_detail(body))
+    if status == 503:
+        return Verdict(FailureKind.UPSTREAM, "upstream_unavailable", _code_detail(body))
+    if status != 200:
+        # 401 still answers 500 as the original does, but the refused token is not reused
+        return Verdict(
+            FailureKind.INTERNAL,
+            "unexpected_status",
+            _code_detail(body),
+            clear_token=status == 401,
+        )
+    code = _result_code(body)
+    if code is None:
+        return Verdict(FailureKind.INTERNAL, "bad_response", "200 body is not HMS result JSON")
+    if code == SUCCESS:
+        return Verdict(None, "delivered")
+    if code in INVALID_TOKEN_CODES:
+        return Verdict(FailureKind.CLIENT, "invalid_token", f"code {code}")
+    if code == INTERNAL_ERROR_CODE:
+        return Verdict(FailureKind.UPSTREAM, "upstream_error", f"code {code}")
+    if code in AUTH_ERROR_CODES:
+        return Verdict(FailureKind.UPSTREAM, "auth_rejected", f"code {code}", clear_token=True)
+    return Verdict(FailureKind.INTERNAL, "unexpected_code", f"code {code}")
+
+
+def _result_code(body: bytes) -> str | None:
+    """The `code` of a well-formed result (string `code`, `msg` and `requestId`), else None."""
+    data = _json_object(body)
+    if data is None:
+        return None
+    if not all(isinstance(data.get(key), str) for key in ("code", "msg", "requestId")):
+        return None
+    code: str = data["code"]
+    return code
+
+
+def _code_detail(body: bytes) -> str:
+    data = _json_object(body)
+    code = data.get("code") if data else None
+    return f"code {code}" if isinstance(code, str | int) else ""
+
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def parse_token(status: int, body: bytes, now: float) -> Token:
+    """Turn the token endpoint's answer into a cached `Token`, or raise `PushFailed` (500)."""
+    if status != 200:
+        detail = _oauth_error(body)
+        raise PushFailed(
+            FailureKind.INTERNAL,
+            "auth_failed",
+            f"token endpoint answered {status}{detail}",
+            upstream_status=status,
+        )
+    data = _json_object(body) or {}
+    access_token = data.get("access_token")
+    expires_in = data.get("expires_in")
+    if not isinstance(access_token, str) or type(expires_in) is not int:
+        raise PushFailed(
+            FailureKind.INTERNAL,
+            "auth_failed",
+            "token response lacks access_token or expires_in",
+            upstream_status=status,
+        )
+    # a token living 180 s or less is used for this push only
+    refresh_at = now + max(expires_in - RENEW_BEFORE_EXPIRY, 0)
+    return Token(access_token, refresh_at, issued_at=now)
+
+
+def _oauth_error(body: bytes) -> str:
+    data = _json_object(body)
+    if not data:
+        return ""
+    parts = [f"{key} {data[key]}" for key in ("error", "sub_error") if key in data]
+    description = data.get("error_description")
+    if isinstance(description, str):
+        parts.append(repr(description[:100]))
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def message_body(push: PushRequest, token: str, high_priority: bool, now: float) -> bytes:
+    """The exact `messages:send` JSON of contract §7 (collapse_key is not used by HMS)."""
+    android: dict[str, str] = {"urgency": "HIGH" if high_priority else "NORMAL"}
+    if high_priority:
+        android["category"] = "VOIP"
+    android["ttl"] = f"{push.ttl}s"
+    message = {
+        "data": ThreemaPayload.for_push(push, now).to_json(),
+        "android": android,
+        "token": [token],
+    }
+    return json.dumps({"message": message}, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 class HmsBackend:
+    """Sends `type=hms` pushes, one OAuth context per `[hms.<app-id>]` section."""
+
     name = "hms"
 
-    def __init__(self, config: dict[str, HmsConfig], clients: Clients) -> None:
-        raise NotImplementedError("backend hms is not available yet")
+    def __init__(
+        self,
+        configs: dict[str, HmsConfig],
+        clients: Clients,
+        *,
+        timeout: float = REQUEST_TIMEOUT,
+    ) -> None:
+        self.configs = dict(configs)
+        self.clients = clients
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
 
     async def send(self, push: PushRequest) -> None:
-        raise NotImplementedError
+        target = push.target
+        assert isinstance(target, HmsTarget)
+        config = self.configs.get(target.app_id)
+        if config is None:
+            raise PushFailed(FailureKind.CLIENT, "unknown_app", "no [hms] section for this appid")
+        body = message_body(push, target.token, config.high_priority, self.clients.clock())
+        key = _token_key(config)
+        token = await self._token(config)
+        url = f"{config.push_endpoint}/v1/{config.client_id}/messages:send"
+        headers = {
+            "Authorization": f"Bearer {token.value}",
+            "Content-Type": "application/json; charset=UTF-8",
+        }
+        try:
+            async with self.clients.http.post(
+                url, data=body, headers=headers, timeout=self.timeout
+            ) as response:
+                status = response.status
+                answer = await response.read()
+        except (aiohttp.ClientError, TimeoutError) as err:
+            raise PushFailed(
+                FailureKind.CLIENT, "send_error", f"could not send: {type(err).__name__}"
+            ) from None
+        verdict = classify(status, answer)
+        if verdict.clear_token:
+            self.clients.tokens.invalidate(key, token.value)
+        if verdict.kind is not None:
+            raise PushFailed(verdict.kind, verdict.reason, verdict.detail, upstream_status=status)
+
+    async def _token(self, config: HmsConfig) -> Token:
+        async def fetch() -> Token:
+            try:
+                token = await self._fetch_token(config)
+            except PushFailed:
+                metrics.auth_refreshed(self.name, False)
+                raise
+            metrics.auth_refreshed(self.name, True)
+            log.info("hms: obtained an access token for app %s", config.app_id)
+            return token
+
+        return await self.clients.tokens.get(_token_key(config), fetch)
+
+    async def _fetch_token(self, config: HmsConfig) -> Token:
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": config.client_id,
+            "client_secret": config.client_secret,
+        }
+        url = f"{config.login_endpoint}/oauth2/v3/token"
+        try:
+            async with self.clients.http.post(url, data=form, timeout=self.timeout) as response:
+                status = response.status
+                answer = await response.read()
+        except (aiohttp.ClientError, TimeoutError) as err:
+            raise PushFailed(
+                FailureKind.INTERNAL, "auth_failed", f"token request failed: {type(err).__name__}"
+            ) from None
+        token = parse_token(status, answer, self.clients.clock())
+        return token
 
     async def check_ready(self) -> dict[str, Readiness]:
-        raise NotImplementedError
+        """Ready when an access token can be obtained (a cached one counts)."""
+        states: dict[str, Readiness] = {}
+        for app_id, config in self.configs.items():
+            try:
+                await self._token(config)
+            except PushFailed as failure:
+                states[f"hms:{app_id}"] = Readiness(False, failure.detail)
+            else:
+                states[f"hms:{app_id}"] = Readiness(True, "access token available")
+        return states
 
     async def aclose(self) -> None:
-        raise NotImplementedError
+        """Nothing of its own to close: the HTTP session belongs to `Clients`."""
+
+
+def _token_key(config: HmsConfig) -> str:
+    return f"hms:{config.app_id}"
