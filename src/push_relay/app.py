@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
+from push_relay import metrics
 from push_relay.config import Config, ServerConfig
 from push_relay.errors import InvalidRequest
+from push_relay.health import ReadinessProbe, starting
 from push_relay.request import parse_form, validate
 from push_relay.runtime import Runtime
 
@@ -30,6 +31,8 @@ FORM_TYPE = b"application/x-www-form-urlencoded"
 TEXT = (b"content-type", b"text/plain")
 TEXT_UTF8 = (b"content-type", b"text/plain; charset=utf-8")
 PUSH_NOT_SUCCESSFUL = b"Push not successful"
+CLOSE = (b"connection", b"close")
+METRICS_TYPE = (b"content-type", metrics.CONTENT_TYPE.encode())
 
 log = logging.getLogger("push_relay")
 
@@ -50,6 +53,10 @@ class PushRelayApp:
         self.server: ServerConfig = config.server
         self._runtime_factory = runtime_factory
         self.runtime: Runtime | None = None
+        self.draining = False
+        self._probe: ReadinessProbe | None = None
+        # tells operators (and tests) which worker process answered /health
+        self._worker = (b"x-push-relay-worker", str(os.getpid()).encode())
         self._cors_any = "*" in self.server.cors_origins
         self._cors_origins = {o.encode() for o in self.server.cors_origins}
 
@@ -72,12 +79,22 @@ class PushRelayApp:
                     log.exception("start-up failed")
                     await send({"type": "lifespan.startup.failed", "message": str(err)})
                     return
+                self._probe = ReadinessProbe(self.runtime.relay, self.config.backend_names())
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                self.start_draining()
                 if self.runtime is not None:
                     await self.runtime.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    def start_draining(self) -> None:
+        """From now on `/ready` answers 503; pushes already accepted are still relayed."""
+        if not self.draining:
+            log.info("draining: /ready answers 503 from now on")
+        self.draining = True
+        if self.runtime is not None:
+            self.runtime.draining = True
 
     # -- routing ----------------------------------------------------------------------------
 
@@ -92,13 +109,11 @@ class PushRelayApp:
             else:
                 await _respond(send, 405, [(b"allow", b"POST, OPTIONS")])
         elif path == "/health" and method in ("GET", "HEAD"):
-            await _respond(send, 200, [TEXT], b"ok")
+            await _respond(send, 200, [TEXT, self._worker], b"ok")
         elif path == "/ready" and method in ("GET", "HEAD"):
             await self._ready(send)
         elif path == "/metrics" and method in ("GET", "HEAD"):
-            await _respond(
-                send, 200, [(b"content-type", CONTENT_TYPE_LATEST.encode())], generate_latest()
-            )
+            await _respond(send, 200, [METRICS_TYPE], metrics.render())
         elif path in ("/health", "/ready", "/metrics"):
             await _respond(send, 405, [(b"allow", b"GET, HEAD")])
         else:
@@ -119,10 +134,11 @@ class PushRelayApp:
         try:
             form = await self._read_body(receive)
         except _BodyTooLarge:
-            await _respond(send, 413, [TEXT_UTF8, *cors], b"Request body too large")
+            # the rest of the body is not worth reading: answer, then close the connection
+            await _respond(send, 413, [TEXT_UTF8, CLOSE, *cors], b"Request body too large")
             return
         except TimeoutError:
-            await _respond(send, 408, [TEXT_UTF8, *cors], b"Request body timed out")
+            await _respond(send, 408, [TEXT_UTF8, CLOSE, *cors], b"Request body timed out")
             return
         runtime = self.runtime
         if runtime is None:
@@ -142,26 +158,22 @@ class PushRelayApp:
             await _respond(send, outcome.status, [TEXT, *cors], PUSH_NOT_SUCCESSFUL)
 
     async def _read_body(self, receive: Receive) -> bytes:
-        message = await receive()
-        body: bytes = message.get("body", b"")
-        if len(body) > MAX_BODY_BYTES:
-            raise _BodyTooLarge
-        if not message.get("more_body", False):
-            return body
-        chunks = [body]
-        size = len(body)
-        deadline = asyncio.get_running_loop().time() + self.server.body_timeout_secs
-        async with asyncio.timeout_at(deadline):
-            while message.get("more_body", False):
+        """The whole body, refused beyond 4 KiB or when it takes over `body_timeout_secs`."""
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        async with asyncio.timeout(self.server.body_timeout_secs):
+            while more:
                 message = await receive()
                 if message["type"] == "http.disconnect":
                     raise TimeoutError
-                chunk = message.get("body", b"")
+                chunk: bytes = message.get("body", b"")
                 size += len(chunk)
                 if size > MAX_BODY_BYTES:
                     raise _BodyTooLarge
                 chunks.append(chunk)
-        return b"".join(chunks)
+                more = message.get("more_body", False)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     # -- CORS -------------------------------------------------------------------------------
 
@@ -185,13 +197,13 @@ class PushRelayApp:
     # -- /ready -----------------------------------------------------------------------------
 
     async def _ready(self, send: Send) -> None:
-        runtime = self.runtime
-        backends: dict[str, dict[str, object]] = {}
-        ready = runtime is not None and not runtime.draining
-        if runtime is not None:
-            for name, state in (await runtime.relay.check_ready()).items():
-                backends[name] = {"ok": state.ok, "detail": state.detail}
-                ready = ready and state.ok
+        probe = self._probe
+        if probe is None:
+            states = starting(self.config.backend_names())
+        else:
+            states = await probe.states()
+        ready = probe is not None and not self.draining and all(s.ok for s in states.values())
+        backends = {name: {"ok": s.ok, "detail": s.detail} for name, s in states.items()}
         body = json.dumps({"ready": ready, "backends": backends}).encode()
         await _respond(send, 200 if ready else 503, [(b"content-type", b"application/json")], body)
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+# nothing here may import prometheus-client (metrics): with --workers N its multiprocess
+# directory must be set first
 from push_relay import __version__, config, logs
+from push_relay.address import ListenAddressError, parse_listen
 from push_relay.errors import ConfigError
-from push_relay.server import ListenAddressError, parse_listen
 
 DEFAULT_LISTEN = "127.0.0.1:3000"
 DEFAULT_CONFIG = "config.toml"
@@ -52,6 +55,14 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
         metavar="PATH",
         help=f"config file (default: {DEFAULT_CONFIG})",
     )
+    run.add_argument(
+        "-w",
+        "--workers",
+        default=1,
+        type=_worker_count,
+        metavar="N",
+        help="worker processes sharing the port (default: 1)",
+    )
     _common(run)
 
     check = argparse.ArgumentParser(
@@ -85,32 +96,85 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return _with_listen(args.listen, run_sandbox)
 
-    try:
-        cfg = config.load(args.config)
-    except ConfigError as err:
-        print(f"push-relay: config error: {err}", file=sys.stderr)
-        return EXIT_CONFIG
-    for warning in cfg.warnings:
-        log.warning("%s", warning)
-
     if command == "check-config":
+        cfg = _load(args.config)
+        if cfg is None:
+            return EXIT_CONFIG
         print(summarize(cfg))
         return 0
+    if args.workers == 1:
+        return _run(args)
+    from push_relay import workers
 
-    from push_relay.server import serve
+    state = workers.create_state_dir()
+    try:
+        return _run(args, state)
+    finally:
+        workers.remove_state_dir(state)
 
-    return _with_listen(args.listen, lambda host, port: serve(cfg, host, port))
+
+def _run(args: argparse.Namespace, state: os.PathLike[str] | None = None) -> int:
+    """Serve, in this process or in `args.workers` supervised worker processes."""
+    cfg = _load(args.config)
+    if cfg is None:
+        return EXIT_CONFIG
+
+    def start(host: str, port: int) -> int:
+        if state is None:
+            from push_relay.app import PushRelayApp
+            from push_relay.server import serve
+
+            return serve(PushRelayApp(cfg), host, port)
+        from pathlib import Path
+
+        from push_relay.workers import run_workers
+
+        return run_workers(cfg, host, port, args.workers, Path(state))
+
+    return _with_listen(args.listen, start)
 
 
-def _with_listen(listen: str, start: object) -> int:
+def _load(path: str) -> config.Config | None:
+    """The config, validated as start-up does (backends built, key files parsed), or None
+    after printing one line that names the file and key."""
+    try:
+        cfg = config.load(path)
+        asyncio.run(_build_backends(cfg))
+    except ConfigError as err:
+        print(f"push-relay: config error: {err}", file=sys.stderr)
+        return None
+    except Exception as err:  # a backend refused its section: still one line, no traceback
+        print(f"push-relay: config error: {path}: {err}", file=sys.stderr)
+        return None
+    for warning in cfg.warnings:
+        log.warning("%s", warning)
+    return cfg
+
+
+async def _build_backends(cfg: config.Config) -> None:
+    from push_relay.backends import Clients, build_backends
+
+    clients = Clients()
+    try:
+        for backend in build_backends(cfg, clients).values():
+            await backend.aclose()
+    finally:
+        await clients.aclose()
+
+
+def _worker_count(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 256:
+        raise argparse.ArgumentTypeError(f"must be a number from 1 to 256, not {text!r}")
+    return int(text)
+
+
+def _with_listen(listen: str, start: Callable[[str, int], int]) -> int:
     try:
         host, port = parse_listen(listen)
     except ListenAddressError as err:
         print(f"push-relay: {err}", file=sys.stderr)
         return EXIT_CONFIG
-    assert callable(start)
-    result: int = start(host, port)
-    return result
+    return start(host, port)
 
 
 def summarize(cfg: config.Config) -> str:

@@ -15,12 +15,14 @@ LOG_FORMATS = ("text", "json")
 # Fields that a push log line carries as `extra`; the JSON formatter emits them as keys.
 PUSH_FIELDS = (
     "push_type",
+    "app",
     "outcome",
     "reason",
     "upstream_status",
     "duration_ms",
     "session",
     "token_hash",
+    "detail",
 )
 
 
@@ -33,8 +35,9 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
         }
         for name in PUSH_FIELDS:
-            if hasattr(record, name):
-                entry[name] = getattr(record, name)
+            value = getattr(record, name, None)
+            if value is not None and value != "":
+                entry[name] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)

@@ -1,8 +1,27 @@
-"""Prometheus metrics, defined once. Every name carries the `push_relay_` prefix."""
+"""Prometheus metrics, defined once. Every name carries the `push_relay_` prefix.
+
+With `--workers N` the supervisor sets `PROMETHEUS_MULTIPROC_DIR` to a private directory
+before this module is first imported; prometheus-client then keeps every worker's values in
+memory-mapped files there, and `/metrics`, whichever worker answers it, sums them all.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 REQUESTS = Counter(
     "push_relay_requests",
@@ -43,3 +62,20 @@ INFLUXDB_DROPPED = Counter(
 
 def auth_refreshed(backend: str, ok: bool) -> None:
     AUTH_REFRESHES.labels(backend, "ok" if ok else "error").inc()
+
+
+def _exposition_registry() -> CollectorRegistry:
+    directory = os.environ.get(MULTIPROC_ENV)
+    if not directory:
+        return REGISTRY
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    return registry
+
+
+_REGISTRY = _exposition_registry()
+
+
+def render() -> bytes:
+    """The Prometheus text exposition: this process's metrics, or all workers' summed."""
+    return generate_latest(_REGISTRY)

@@ -9,11 +9,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from prometheus_client import Counter, Histogram
+
 from push_relay import metrics
 from push_relay.backends import TYPE_NAMES, Backend, BackendTable, Readiness
 from push_relay.errors import FailureKind, PushFailed
 from push_relay.logs import TokenHasher
-from push_relay.request import GatewayTarget, HmsTarget, PushRequest
+from push_relay.request import GatewayTarget, HmsTarget, PushRequest, Target
 
 log = logging.getLogger("push_relay.push")
 
@@ -57,6 +59,9 @@ class Relay:
         self.in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        # metric children resolved once per label set, not on every push
+        self._requests: dict[tuple[str, int, str], Counter] = {}
+        self._upstream: dict[str, Histogram] = {}
 
     async def push(self, push: PushRequest) -> Outcome:
         """Relay one push; never raises for a push service's failure."""
@@ -70,6 +75,19 @@ class Relay:
             outcome = await self._send(backend, push, started)
         self._report(push, outcome)
         return outcome
+
+    def _upstream_seconds(self, kind: str) -> Histogram:
+        child = self._upstream.get(kind)
+        if child is None:
+            child = self._upstream[kind] = metrics.UPSTREAM_SECONDS.labels(kind)
+        return child
+
+    def _requests_counter(self, kind: str, status: int, reason: str) -> Counter:
+        key = (kind, status, reason)
+        child = self._requests.get(key)
+        if child is None:
+            child = self._requests[key] = metrics.REQUESTS.labels(kind, str(status), reason)
+        return child
 
     async def _send(self, backend: Backend, push: PushRequest, started: float) -> Outcome:
         self.in_flight += 1
@@ -96,12 +114,12 @@ class Relay:
             metrics.IN_FLIGHT.dec()
             if self.in_flight == 0:
                 self._idle.set()
-        metrics.UPSTREAM_SECONDS.labels(backend.name).observe(outcome.duration)
+        self._upstream_seconds(TYPE_NAMES[type(push.target)]).observe(outcome.duration)
         return outcome
 
     def _report(self, push: PushRequest, outcome: Outcome) -> None:
         kind = TYPE_NAMES[type(push.target)]
-        metrics.REQUESTS.labels(kind, str(outcome.status), outcome.reason).inc()
+        self._requests_counter(kind, outcome.status, outcome.reason).inc()
         for observer in self.observers:
             observer.observe(push, outcome)
         if log.isEnabledFor(logging.INFO):
@@ -109,41 +127,61 @@ class Relay:
 
     def _log(self, kind: str, push: PushRequest, outcome: Outcome) -> None:
         target = push.target
-        device = target.identity if isinstance(target, GatewayTarget) else self.hasher(target.token)
-        upstream = outcome.upstream_status if outcome.upstream_status is not None else "-"
-        level = logging.INFO if outcome.status in (204, 400) else logging.WARNING
+        secret = target.identity if isinstance(target, GatewayTarget) else target.token
+        # an upstream's error text may echo what it was sent: never let the token through
+        detail = outcome.detail.replace(secret, "<token>") if secret else outcome.detail
         extra = {
             "push_type": kind,
+            "app": target.app_id if isinstance(target, HmsTarget) else None,
             "outcome": outcome.status,
             "reason": outcome.reason,
             "upstream_status": outcome.upstream_status,
             "duration_ms": round(outcome.duration * 1000, 1),
             "session": push.session[:10],
-            "token_hash": device,
+            "token_hash": self.hasher(secret),
+            "detail": detail,
         }
-        app = f" app={target.app_id}" if isinstance(target, HmsTarget) else ""
-        detail = f" detail={outcome.detail!r}" if outcome.detail else ""
         log.log(
-            level,
+            logging.INFO if outcome.status in (204, 400) else logging.WARNING,
             "push type=%s%s outcome=%s reason=%s upstream_status=%s duration_ms=%.1f "
             "session=%s device=%s%s",
             kind,
-            app,
+            f" app={extra['app']}" if extra["app"] else "",
             outcome.status,
             outcome.reason,
-            upstream,
+            "-" if outcome.upstream_status is None else outcome.upstream_status,
             outcome.duration * 1000,
-            push.session[:10],
-            device,
-            detail,
+            extra["session"],
+            extra["token_hash"],
+            f" detail={detail!r}" if detail else "",
             extra=extra,
         )
 
-    async def check_ready(self) -> dict[str, Readiness]:
+    async def check_ready(self, timeout: float = 2.0) -> dict[str, Readiness]:  # noqa: ASYNC109
+        """Every backend's readiness, checked concurrently, each bounded by `timeout`.
+
+        A backend that hangs or fails is reported under its type name (`fcm`, `hms`, ...).
+        """
+        checks = [self._check_one(t, b, timeout) for t, b in self.backends.items()]
         states: dict[str, Readiness] = {}
-        for backend in self.backends.values():
-            states.update(await backend.check_ready())
+        for result in await asyncio.gather(*checks):
+            states.update(result)
         return states
+
+    async def _check_one(
+        self,
+        target: type[Target],
+        backend: Backend,
+        timeout: float,  # noqa: ASYNC109
+    ) -> dict[str, Readiness]:
+        try:
+            async with asyncio.timeout(timeout):
+                return await backend.check_ready()
+        except TimeoutError:
+            return {TYPE_NAMES[target]: Readiness(False, f"check timed out after {timeout:g} s")}
+        except Exception as err:
+            log.warning("readiness check of %s failed: %s", backend.name, type(err).__name__)
+            return {TYPE_NAMES[target]: Readiness(False, f"check failed: {type(err).__name__}")}
 
     async def wait_idle(self, timeout: float) -> bool:  # noqa: ASYNC109
         """Wait until no push is in flight; False when `timeout` passed first."""

@@ -1,0 +1,225 @@
+"""`--workers N`: N worker processes behind one port, supervised by the parent.
+
+Design
+------
+- **Sockets.** The parent binds one listening socket per worker on the same address with
+  `SO_REUSEPORT`, so the kernel spreads connections evenly; each worker (forked) serves its own
+  socket with its own event loop and its own upstream connections. The parent keeps every
+  socket open, so connections that arrive while a crashed worker restarts wait in its backlog
+  instead of being refused.
+- **Supervision.** A worker that exits without being asked to is restarted, at most
+  `MAX_RESTARTS` times per `RESTART_WINDOW_SECS`; beyond that the relay is considered broken,
+  every worker is stopped and the parent exits 1. On SIGTERM/SIGINT the parent closes the
+  listening sockets, forwards SIGTERM to every worker, waits for each to drain (each bounded by
+  `[server] shutdown_grace_secs`) and exits 0.
+- **State directory.** The parent creates a private directory (mode 0700) that is removed at
+  exit; it holds `metrics/` (`PROMETHEUS_MULTIPROC_DIR`: each worker's counters in
+  memory-mapped files, summed by whichever worker answers `/metrics`; a dead worker's live
+  gauges are dropped with `mark_process_dead`) and `tokens/`.
+- **Auth tokens.** Workers must not multiply auth traffic (APNs answers
+  `TooManyProviderTokenUpdates` when provider tokens churn; OAuth endpoints rate-limit). Each
+  worker's `TokenCache` is backed by a `SharedTokenStore` in `tokens/`: before fetching or
+  signing a token, a worker takes a per-key `fcntl` lock, re-reads the store and adopts a
+  token another worker already obtained; only when there is none (or it is due) does it fetch,
+  then writes it for the others. So N workers fetch an OAuth token, or sign an APNs JWT, as
+  often as one worker would. A token rejected upstream is removed from the store only if it
+  is still the rejected one, so a worker cannot throw away a sibling's fresh token.
+- **Log hashes.** Without `[server] log_hash_key`, the parent draws one random key for all its
+  workers so a device hashes the same whichever worker relays its push.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from push_relay.config import Config
+
+if TYPE_CHECKING:  # imported lazily at run time: metrics must not load before the state dir
+    from push_relay.app import PushRelayApp
+
+log = logging.getLogger("push_relay.workers")
+
+MAX_RESTARTS = 5
+RESTART_WINDOW_SECS = 60.0
+SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
+
+
+def create_state_dir() -> Path:
+    """The relay's private state directory; call before anything imports the metrics."""
+    path = Path(tempfile.mkdtemp(prefix="push-relay-"))
+    (path / "metrics").mkdir()
+    (path / "tokens").mkdir(mode=0o700)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path / "metrics")
+    return path
+
+
+def remove_state_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def bind_sockets(host: str, port: int, count: int) -> list[socket.socket]:
+    """`count` listening sockets sharing one address through SO_REUSEPORT."""
+    host = "127.0.0.1" if host == "localhost" else host
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+            port = sock.getsockname()[1]  # with port 0, the others follow the first
+            sock.listen(2048)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+class Supervisor:
+    """Forks, watches and stops the workers; `run()` returns the parent's exit status."""
+
+    def __init__(self, config: Config, host: str, port: int, count: int, state: Path) -> None:
+        if config.server.log_hash_key is None:
+            server = dataclasses.replace(config.server, log_hash_key=secrets.token_hex(32))
+            config = dataclasses.replace(config, server=server)
+        self.config = config
+        self.host = host
+        self.state = state
+        self.sockets = bind_sockets(host, port, count)
+        self.port: int = self.sockets[0].getsockname()[1]
+        self.workers: dict[int, int] = {}  # pid -> slot
+        self.restarts: collections.deque[float] = collections.deque()
+        self.stopping = False
+        self.status = 0
+
+    def run(self) -> int:
+        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        try:
+            for slot in range(len(self.sockets)):
+                self._spawn(slot)
+            log.info("%d workers serving on %s:%d", len(self.sockets), self.host, self.port)
+            while self.workers:
+                info = signal.sigtimedwait(SIGNALS, 1.0)
+                if info is not None and info.si_signo != signal.SIGCHLD:
+                    self._stop(f"received {signal.Signals(info.si_signo).name}")
+                self._reap()
+        finally:
+            for sock in self.sockets:
+                sock.close()
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+        return self.status
+
+    def _spawn(self, slot: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker: never returns into the parent's code
+            status = 1
+            try:
+                status = self._work(slot)
+            except BaseException:
+                log.exception("worker crashed")
+            finally:
+                os._exit(status)
+        self.workers[pid] = slot
+        log.info("worker %d started (pid %d)", slot, pid)
+
+    def _work(self, slot: int) -> int:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+        for index, sock in enumerate(self.sockets):
+            if index != slot:
+                sock.close()
+        from push_relay.server import serve
+
+        app = worker_app(self.config, self.state / "tokens")
+        return serve(app, self.host, self.port, self.sockets[slot])
+
+    def _reap(self) -> None:
+        while self.workers:
+            try:
+                pid, wait_status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.workers.clear()
+                return
+            if pid == 0:
+                return
+            slot = self.workers.pop(pid, None)
+            _mark_dead(pid)
+            if slot is None:
+                continue
+            code = os.waitstatus_to_exitcode(wait_status)
+            if self.stopping:
+                log.info("worker %d (pid %d) exited with status %d", slot, pid, code)
+                if code != 0:
+                    self.status = 1
+            else:
+                self._restart(slot, pid, code)
+
+    def _restart(self, slot: int, pid: int, code: int) -> None:
+        log.error("worker %d (pid %d) exited unexpectedly with status %d", slot, pid, code)
+        now = time.monotonic()
+        while self.restarts and now - self.restarts[0] > RESTART_WINDOW_SECS:
+            self.restarts.popleft()
+        if len(self.restarts) >= MAX_RESTARTS:
+            log.error(
+                "%d restarts within %.0f s: giving up", len(self.restarts), RESTART_WINDOW_SECS
+            )
+            self.status = 1
+            self._stop("too many worker restarts")
+            return
+        self.restarts.append(now)
+        self._spawn(slot)
+
+    def _stop(self, why: str) -> None:
+        if not self.stopping:
+            log.info("%s: draining %d workers", why, len(self.workers))
+            self.stopping = True
+            for sock in self.sockets:  # new connections are refused, not left waiting
+                sock.close()
+        for pid in self.workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+
+def worker_app(config: Config, token_dir: Path) -> PushRelayApp:
+    """The app of one worker: its runtime shares auth tokens with its siblings."""
+    from push_relay.app import PushRelayApp
+    from push_relay.auth import SharedTokenStore, TokenCache
+    from push_relay.backends import Clients
+    from push_relay.runtime import Runtime
+
+    store = SharedTokenStore(token_dir)
+
+    async def start_runtime(cfg: Config) -> Runtime:
+        return await Runtime.start(cfg, Clients(tokens=TokenCache(store=store)))
+
+    return PushRelayApp(config, runtime_factory=start_runtime)
+
+
+def _mark_dead(pid: int) -> None:
+    from prometheus_client import multiprocess
+
+    with contextlib.suppress(OSError):
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+def run_workers(config: Config, host: str, port: int, count: int, state: Path) -> int:
+    try:
+        supervisor = Supervisor(config, host, port, count, state)
+    except OSError as err:
+        log.error("cannot listen on %s:%d: %s", host, port, err.strerror or err)
+        return 1
+    return supervisor.run()
