@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from types import TracebackType
@@ -65,9 +64,9 @@ class HttpSimulator:
         ssl_context = self.ca.server_context() if self.ca else None
         site = web.TCPSite(self._runner, "127.0.0.1", port, ssl_context=ssl_context)
         await site.start()
-        server = site._server
-        assert isinstance(server, asyncio.Server)
-        self.port = server.sockets[0].getsockname()[1]
+        # the runner's public view of its bound sockets; under uvloop `site._server` is not
+        # an `asyncio.Server`
+        self.port = self._runner.addresses[0][1]
         return self.url
 
     async def stop(self) -> None:
