@@ -123,9 +123,7 @@ async def _connect(load: Load, url: str, count: int, cafile: str | None) -> None
         load.idle.append(protocol)
 
 
-async def run(args: argparse.Namespace) -> dict[str, object]:
-    bodies = Path(args.bodies).read_text().splitlines()
-    requests = _requests(args.url, bodies, args.content_type)
+async def run(args: argparse.Namespace, requests: list[bytes]) -> dict[str, object]:
     load = Load()
     await _connect(load, args.url, args.connections, args.cafile)
     total = int(args.rate * args.duration)
@@ -187,7 +185,9 @@ def main() -> None:
     parser.add_argument("--content-type", default="application/x-www-form-urlencoded")
     parser.add_argument("--drain-timeout", type=float, default=5.0)
     args = parser.parse_args()
-    print("BENCH-JSON " + json.dumps(uvloop.run(run(args))), flush=True)
+    bodies = Path(args.bodies).read_text().splitlines()
+    requests = _requests(args.url, bodies, args.content_type)
+    print("BENCH-JSON " + json.dumps(uvloop.run(run(args, requests))), flush=True)
 
 
 if __name__ == "__main__":
