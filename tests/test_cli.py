@@ -171,7 +171,10 @@ def test_unknown_keys_warn_on_stderr_and_check_passes(tmp_path: Path) -> None:
 def test_bad_listen_address_is_a_clear_error(tmp_path: Path, listen: str) -> None:
     path = tmp_path / "relay.toml"
     path.write_text("[server]\n")
-    result = push_relay("-c", str(path), "-l", listen)
+    try:
+        result = push_relay("-c", str(path), "-l", listen, timeout=5)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"push-relay accepted -l {listen!r} and started serving") from None
     assert result.returncode == 2
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
