@@ -200,7 +200,7 @@ class InfluxServer:
         result = self.query(q, db, epoch="ns")
         rows = []
         for series in result.get("series", []):
-            for values in series["values"]:
+            for values in series.get("values", []):
                 rows.append(
                     dict(zip(series["columns"], values, strict=True)) | series.get("tags", {})
                 )
@@ -208,4 +208,4 @@ class InfluxServer:
 
     def databases(self) -> set[str]:
         result = self.query("SHOW DATABASES")
-        return {row[0] for series in result.get("series", []) for row in series["values"]}
+        return {row[0] for series in result.get("series", []) for row in series.get("values", [])}

@@ -16,6 +16,7 @@ property makes a retried batch (written, but the answer lost) harmless: it overw
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import enum
 import itertools
@@ -70,6 +71,11 @@ class _Result(enum.Enum):
     WRITTEN = "written"
     REFUSED = "refused"  # InfluxDB will never take these points
     RETRY = "retry"
+    DENIED = "denied"  # wrong credentials or rights: retried, but not while shutting down
+
+    @property
+    def done(self) -> bool:
+        return self in (_Result.WRITTEN, _Result.REFUSED)
 
 
 def _quote_identifier(name: str) -> str:
@@ -97,7 +103,8 @@ class InfluxSink:
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self._base = config.connection_string.rstrip("/")
-        self._auth = aiohttp.BasicAuth(config.user, config.password)
+        credentials = f"{config.user}:{config.password}".encode()
+        self._headers = {"Authorization": "Basic " + base64.b64encode(credentials).decode()}
         self._queue: deque[str] = deque(maxlen=max_points)
         self._last_ns = 0
         self.dropped = 0  # points lost since start, for tests and the shutdown log
@@ -145,7 +152,7 @@ class InfluxSink:
         due = force or now - self._last_drop_report >= DROP_LOG_INTERVAL_SECS
         if self._dropped_unreported and due:
             log.warning(
-                "influxdb: dropped %d points (queue full: InfluxDB slow or unreachable)",
+                "influxdb: dropped %d point(s) (queue full: InfluxDB slow or unreachable)",
                 self._dropped_unreported,
             )
             self._dropped_unreported = 0
@@ -156,7 +163,7 @@ class InfluxSink:
     async def _run(self) -> None:
         failures = 0
         while True:
-            if await self._write_batch():
+            if (await self._write_batch()).done:
                 failures = 0
                 await self._wait_for_batch()
             else:
@@ -176,26 +183,26 @@ class InfluxSink:
             async with asyncio.timeout(self.flush_interval):
                 await self._batch_ready.wait()
 
-    async def _write_batch(self) -> bool:
-        """Write the oldest queued points; False when they should be retried later.
+    async def _write_batch(self) -> _Result:
+        """Write the oldest queued points; unless the result is `done`, retry them later.
 
         The points stay queued until InfluxDB has answered; any that the queue dropped
         meanwhile (it drops from the same end) are not popped twice.
         """
         batch = list(itertools.islice(self._queue, self.batch_size))
         if not batch:
-            return True
+            return _Result.WRITTEN
         dropped_before = self.dropped
         result = await self._write("\n".join(batch).encode())
-        if result is _Result.RETRY:
-            return False
+        if not result.done:
+            return result
         done = len(batch) - (self.dropped - dropped_before)
         for _ in range(min(done, len(self._queue))):
             self._queue.popleft()
         metrics.INFLUXDB_QUEUE_DEPTH.set(len(self._queue))
         if result is _Result.REFUSED:
             self._count_drops(len(batch))
-        return True
+        return result
 
     async def _write(self, body: bytes) -> _Result:
         try:
@@ -215,14 +222,14 @@ class InfluxSink:
             log.error("influxdb: write refused, batch dropped: HTTP 400 %s", text[:300])
             return _Result.REFUSED
         log.warning("influxdb: write failed: HTTP %d %s", status, text[:300])
-        return _Result.RETRY
+        return _Result.DENIED if status in (401, 403) else _Result.RETRY
 
     async def _post_write(self, body: bytes) -> tuple[int, str]:
         async with self._clients.http.post(
             f"{self._base}/write",
             params={"db": self._config.db, "precision": "ns"},
             data=body,
-            auth=self._auth,
+            headers=self._headers,
             timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECS),
         ) as answer:
             return answer.status, await answer.text(errors="replace")
@@ -232,7 +239,7 @@ class InfluxSink:
         async with self._clients.http.post(
             f"{self._base}/query",
             data={"q": f"CREATE DATABASE {_quote_identifier(self._config.db)}"},
-            auth=self._auth,
+            headers=self._headers,
             timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECS),
         ) as answer:
             text = await answer.text(errors="replace")
@@ -251,16 +258,16 @@ class InfluxSink:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        try:
+        with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._flush()
-        except TimeoutError:
+        if self._queue:
             log.warning(
                 "influxdb: %d points not written at shutdown (InfluxDB slow or unreachable)",
                 len(self._queue),
             )
-            self._count_drops(len(self._queue))
-            self._dropped_unreported -= len(self._queue)  # just logged
+            metrics.INFLUXDB_DROPPED.inc(len(self._queue))
+            self.dropped += len(self._queue)
             self._queue.clear()
             metrics.INFLUXDB_QUEUE_DEPTH.set(0)
         self._report_drops(force=True)
@@ -268,7 +275,10 @@ class InfluxSink:
     async def _flush(self) -> None:
         failures = 0
         while self._queue:
-            if await self._write_batch():
+            result = await self._write_batch()
+            if result is _Result.DENIED:
+                return  # credentials will not change in the seconds left
+            if result.done:
                 failures = 0
             else:
                 failures += 1
