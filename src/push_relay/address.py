@@ -14,7 +14,12 @@ def parse_listen(value: str) -> tuple[str, int]:
     host, sep, port_text = value.rpartition(":")
     if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ListenAddressError(f"invalid listen address {value!r}: expected IP:PORT")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:  # `::1:3000` is ambiguous: an IPv6 address needs its brackets
+        raise ListenAddressError(
+            f"invalid listen address {value!r}: write an IPv6 address in brackets, [::1]:PORT"
+        )
     try:
         ipaddress.ip_address(host)
     except ValueError:
