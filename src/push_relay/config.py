@@ -231,7 +231,7 @@ class _Reader:
         known = {"keyfile", "key_id", "team_id", "production_endpoint", "sandbox_endpoint"}
         self._warn_unknown(s, known, "apns")
         keyfile = self._require(s, "apns", "keyfile", str)
-        return ApnsConfig(
+        apns = ApnsConfig(
             keyfile=keyfile,
             signing_key=self._read_file("apns.keyfile", keyfile),
             key_id=self._require(s, "apns", "key_id", str),
@@ -241,6 +241,10 @@ class _Reader:
             ),
             sandbox_endpoint=self._url(s, "apns", "sandbox_endpoint", APNS_SANDBOX_ENDPOINT),
         )
+        from push_relay.backends.apns import load_signing_key  # backends import this module
+
+        load_signing_key(apns.signing_key, keyfile, self.path)  # a bad key fails check-config
+        return apns
 
     def _hms(self, app_id: str, s: dict[str, Any] | None) -> HmsConfig:
         section = f"hms.{app_id}"

@@ -1,23 +1,238 @@
-"""Placeholder until this backend lands; it refuses to start rather than fail pushes."""
+"""APNs: token-authenticated pushes over one HTTP/2 connection per endpoint.
+
+The provider token is an ES256 JWT signed with the team's `.p8` key. Apple rejects tokens
+older than an hour and answers `TooManyProviderTokenUpdates` to a key that changes tokens more
+often than every 20 minutes, so a token is reused for 55 minutes and only renewed early after
+an `ExpiredProviderToken` answer, and then only if it is at least 20 minutes old.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from push_relay import metrics
+from push_relay.auth import Token
 from push_relay.backends import Clients, Readiness
 from push_relay.config import ApnsConfig
-from push_relay.request import PushRequest
+from push_relay.errors import ConfigError, FailureKind, PushFailed
+from push_relay.http2 import H2Client, H2ConnectionError, H2Error, H2TimeoutError
+from push_relay.payload import ThreemaPayload
+from push_relay.request import ApnsTarget, PushRequest
+
+log = logging.getLogger("push_relay.apns")
+
+TOKEN_LIFETIME = 55 * 60  # seconds a provider token is reused; APNs accepts up to an hour
+MIN_TOKEN_INTERVAL = 20 * 60  # APNs refuses a key changing tokens more often than this
+REQUEST_TIMEOUT = 20.0
+
+ALERT_APS: dict[str, Any] = {
+    "alert": {"body": "Threema Web Wakeup"},
+    "sound": "default",
+    "mutable-content": 1,
+}
+VOIP_APS: dict[str, Any] = {"content-available": 1, "mutable-content": 0}
+
+# The reasons that are the client's fault (its token, bundle id or environment): 400.
+CLIENT_REASONS: dict[str, str] = {
+    "BadDeviceToken": "bad_token",
+    "ExpiredToken": "bad_token",
+    "Unregistered": "unregistered",
+    "BadEnvironmentKeyIdInToken": "bad_environment",
+    "UnrelatedKeyIdInToken": "bad_topic",
+    "BadExpirationDate": "bad_expiration",
+    "BadTopic": "bad_topic",
+    "DeviceTokenNotForTopic": "bad_topic",
+    "TopicDisallowed": "bad_topic",
+}
+EXPIRED_PROVIDER_TOKEN = "ExpiredProviderToken"
+
+
+def load_signing_key(
+    pem: bytes, keyfile: str, config_path: str | None = None
+) -> ec.EllipticCurvePrivateKey:
+    """The P-256 key of a PKCS#8 PEM `.p8` file, or a `ConfigError` naming the file."""
+
+    def error(problem: str) -> ConfigError:
+        message = f"{keyfile}: {problem}" if config_path else problem
+        return ConfigError(config_path or keyfile, message, "apns.keyfile")
+
+    if b"-----BEGIN PRIVATE KEY-----" not in pem:
+        raise error("not a PKCS#8 PEM private key (expected '-----BEGIN PRIVATE KEY-----')")
+    try:
+        key = load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError):
+        raise error("the private key cannot be decoded") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
+        raise error("not a P-256 (ES256) key")
+    return key
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What an APNs answer means for the push; `kind` is None when it was delivered."""
+
+    kind: FailureKind | None
+    reason: str  # low-cardinality label for metrics and logs
+    status: int
+    apns_reason: str = ""  # APNs' own reason word, for the log
+    apns_id: str = ""
+
+    @property
+    def delivered(self) -> bool:
+        return self.kind is None
+
+    @property
+    def provider_token_expired(self) -> bool:
+        return self.apns_reason == EXPIRED_PROVIDER_TOKEN
+
+
+def classify(status: int, headers: dict[str, str], body: bytes) -> Verdict:
+    """Map an APNs answer to a `Verdict` (pure; no I/O)."""
+    apns_id = headers.get("apns-id", "")
+    if status == 200:
+        return Verdict(None, "delivered", status, apns_id=apns_id)
+    apns_reason = _reason(body)
+    label = CLIENT_REASONS.get(apns_reason)
+    if label is not None:
+        return Verdict(FailureKind.CLIENT, label, status, apns_reason, apns_id)
+    if status == 429:
+        label = "rate_limited"
+    elif status >= 500:
+        label = "upstream_unavailable"
+    elif status == 403:
+        label = "auth_rejected"  # provider token refused: a relay/config problem
+    else:
+        label = "upstream_refused"
+    return Verdict(FailureKind.UPSTREAM, label, status, apns_reason, apns_id)
+
+
+def _reason(body: bytes) -> str:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return ""
+    reason = data.get("reason") if isinstance(data, dict) else None
+    return reason if isinstance(reason, str) else ""
+
+
+def build_request(push: PushRequest, now: float) -> tuple[str, list[tuple[str, str]], bytes]:
+    """Path, headers (without authorization) and body of the APNs request for `push`."""
+    target = push.target
+    assert isinstance(target, ApnsTarget)
+    headers = [
+        ("apns-topic", target.bundle_id),
+        ("apns-push-type", "voip" if target.is_voip else "alert"),
+        ("apns-priority", "10"),
+        ("apns-expiration", "0" if push.ttl == 0 else str(int(now) + push.ttl)),
+    ]
+    if push.collapse_key is not None:
+        headers.append(("apns-collapse-id", push.collapse_key))
+    payload = ThreemaPayload.for_push(push, now).as_numbers()
+    aps = VOIP_APS if target.is_voip else ALERT_APS
+    body = json.dumps({"aps": aps, "3mw": payload}, separators=(",", ":"), ensure_ascii=False)
+    return f"/3/device/{target.token}", headers, body.encode()
 
 
 class ApnsBackend:
+    """Sends pushes to APNs production or sandbox, as each request's `endpoint` says."""
+
     name = "apns"
 
     def __init__(self, config: ApnsConfig, clients: Clients) -> None:
-        raise NotImplementedError("backend apns is not available yet")
+        self._config = config
+        self._clients = clients
+        self._key = load_signing_key(config.signing_key, config.keyfile)
+        self._token_key = f"apns:{config.key_id}"
+        self._connections: dict[str, H2Client] = {}
+
+    @property
+    def connections_opened(self) -> int:
+        """TLS connections opened to APNs so far, over all endpoints."""
+        return sum(c.connections_opened for c in self._connections.values())
 
     async def send(self, push: PushRequest) -> None:
-        raise NotImplementedError
+        target = push.target
+        assert isinstance(target, ApnsTarget)
+        path, headers, body = build_request(push, self._clients.clock())
+        token = await self._provider_token()
+        verdict = await self._post(target, path, headers, body, token)
+        if verdict.provider_token_expired and self._may_renew(token):
+            log.info("apns: provider token expired early; renewing it and retrying once")
+            self._clients.tokens.invalidate(self._token_key, token.value)
+            token = await self._provider_token()
+            verdict = await self._post(target, path, headers, body, token)
+        if verdict.kind is not None:
+            detail = f"reason={verdict.apns_reason or '-'} apns-id={verdict.apns_id or '-'}"
+            raise PushFailed(verdict.kind, verdict.reason, detail, upstream_status=verdict.status)
+        log.debug("apns: delivered apns-id=%s", verdict.apns_id)
+
+    async def _post(
+        self,
+        target: ApnsTarget,
+        path: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        token: Token,
+    ) -> Verdict:
+        client = self._client(target.endpoint)
+        auth = [("authorization", f"bearer {token.value}")]
+        try:
+            response = await client.request("POST", path, auth + headers, body, REQUEST_TIMEOUT)
+        except H2TimeoutError:
+            raise PushFailed(FailureKind.UPSTREAM, "timeout", "no answer within 20 s") from None
+        except (H2ConnectionError, H2Error, OSError) as err:
+            raise PushFailed(FailureKind.UPSTREAM, "connection_failed", _describe(err)) from None
+        return classify(response.status, response.headers, response.body)
+
+    def _may_renew(self, token: Token) -> bool:
+        return self._clients.clock() - token.issued_at >= MIN_TOKEN_INTERVAL
+
+    def _client(self, endpoint: str) -> H2Client:
+        origin = (
+            self._config.production_endpoint if endpoint == "p" else self._config.sandbox_endpoint
+        )
+        client = self._connections.get(origin)
+        if client is None:
+            client = H2Client(origin, self._clients.h2_ssl_context)
+            self._connections[origin] = client
+        return client
+
+    async def _provider_token(self) -> Token:
+        return await self._clients.tokens.get(self._token_key, self._sign)
+
+    async def _sign(self) -> Token:
+        now = self._clients.clock()
+        claims = {"iss": self._config.team_id, "iat": int(now)}
+        try:
+            value = jwt.encode(
+                claims, self._key, algorithm="ES256", headers={"kid": self._config.key_id}
+            )
+        except (ValueError, TypeError, jwt.PyJWTError) as err:
+            metrics.auth_refreshed(self.name, False)
+            raise PushFailed(FailureKind.INTERNAL, "auth_failed", _describe(err)) from None
+        metrics.auth_refreshed(self.name, True)
+        return Token(value, refresh_at=now + TOKEN_LIFETIME, issued_at=now)
 
     async def check_ready(self) -> dict[str, Readiness]:
-        raise NotImplementedError
+        try:
+            await self._provider_token()
+        except PushFailed as failure:
+            return {self.name: Readiness(False, f"cannot sign a provider token: {failure.detail}")}
+        return {self.name: Readiness(True, "provider token signed")}
 
     async def aclose(self) -> None:
-        raise NotImplementedError
+        connections, self._connections = list(self._connections.values()), {}
+        for client in connections:
+            await client.aclose()
+
+
+def _describe(err: BaseException) -> str:
+    text = str(err)
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__

@@ -1,0 +1,705 @@
+"""APNs through the real front end, against the simulated APNs over HTTP/2 and TLS."""
+
+# ruff: noqa: SIM300  -- the house style puts the expected value first in asserts
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from urllib.parse import urlencode
+
+import aiohttp
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from push_relay import config
+from push_relay.backends import Clients
+from push_relay.backends.apns import ApnsBackend, Verdict, classify
+from push_relay.errors import ConfigError, FailureKind
+from push_relay.request import ApnsTarget
+from push_relay.testing import apns_sim
+from push_relay.testing.apns_sim import (
+    DROP,
+    ApnsKey,
+    ApnsSimulator,
+    Step,
+    generate_key,
+)
+from push_relay.testing.ca import TestCA
+from push_relay.testing.relay import RunningRelay
+
+RelayStarter = Callable[..., AbstractAsyncContextManager[RunningRelay]]
+
+DEVICE = "0123456789abcdef" * 4
+OTHER_DEVICE = "fedcba9876543210" * 4
+START = 1_800_000_000.25
+ALERT_BODY = (
+    '{"aps":{"alert":{"body":"Threema Web Wakeup"},"sound":"default","mutable-content":1},'
+    '"3mw":{"wcs":"123deadbeef","wca":"aff","wct":1800000000,"wcv":3}}'
+)
+VOIP_BODY = (
+    '{"aps":{"content-available":1,"mutable-content":0},'
+    '"3mw":{"wcs":"123deadbeef","wct":1800000000,"wcv":3}}'
+)
+
+
+class FakeClock:
+    """Wall-clock time that only moves when a test says so."""
+
+    def __init__(self, now: float = START) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def apns_push(token: str = DEVICE, **extra: str) -> dict[str, str]:
+    params = {
+        "type": "apns",
+        "token": token,
+        "session": "123deadbeef",
+        "version": "3",
+        "bundleid": "com.example.app",
+        "endpoint": "p",
+    }
+    params.update(extra)
+    return params
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def apns_key(tmp_path: Path) -> ApnsKey:
+    return generate_key(tmp_path, key_id="ABC123DEFG", team_id="TEAM123456")
+
+
+@pytest.fixture
+async def production(
+    test_ca: TestCA, apns_key: ApnsKey, clock: FakeClock
+) -> AsyncIterator[ApnsSimulator]:
+    sim = ApnsSimulator(test_ca, apns_key, clock=clock)
+    await sim.start()
+    yield sim
+    await sim.stop()
+
+
+@pytest.fixture
+async def sandbox(
+    test_ca: TestCA, apns_key: ApnsKey, clock: FakeClock
+) -> AsyncIterator[ApnsSimulator]:
+    sim = ApnsSimulator(test_ca, apns_key, clock=clock)
+    await sim.start()
+    yield sim
+    await sim.stop()
+
+
+@pytest.fixture
+async def relay(
+    start_relay: RelayStarter,
+    apns_key: ApnsKey,
+    production: ApnsSimulator,
+    sandbox: ApnsSimulator,
+    clock: FakeClock,
+) -> AsyncIterator[RunningRelay]:
+    toml = apns_key.config_toml(production.url, sandbox.url)
+    async with start_relay(toml, clients=Clients(clock=clock)) as running:
+        yield running
+
+
+def backend_of(relay: RunningRelay) -> ApnsBackend:
+    backend = relay.runtime.relay.backends[ApnsTarget]
+    assert isinstance(backend, ApnsBackend)
+    return backend
+
+
+def app_headers(headers: dict[str, str]) -> dict[str, str]:
+    """The request's own headers: neither pseudo-headers nor the authorization."""
+    return {k: v for k, v in headers.items() if not k.startswith(":") and k != "authorization"}
+
+
+# -- requests ---------------------------------------------------------------------------------
+
+
+async def test_alert_push_has_exact_headers_and_body(
+    relay: RunningRelay, production: ApnsSimulator, sandbox: ApnsSimulator
+) -> None:
+    answer = await relay.push(apns_push(affiliation="aff"))
+
+    assert 204 == answer.status
+    assert "" == answer.text
+    [request] = production.requests
+    assert f"/3/device/{DEVICE}" == request.path
+    assert {
+        "apns-topic": "com.example.app",
+        "apns-push-type": "alert",
+        "apns-priority": "10",
+        "apns-expiration": str(1_800_000_000 + 90),
+    } == app_headers(request.headers)
+    assert request.headers["authorization"].startswith("bearer ey")
+    assert ALERT_BODY.encode() == request.body
+    assert [] == sandbox.requests
+
+
+async def test_voip_push_with_ttl_zero_and_collapse_key(
+    relay: RunningRelay, production: ApnsSimulator
+) -> None:
+    push = apns_push(bundleid="com.example.app.voip", ttl="0", collapse_key="abc")
+
+    answer = await relay.push(push)
+
+    assert 204 == answer.status
+    [request] = production.requests
+    assert {
+        "apns-topic": "com.example.app.voip",
+        "apns-push-type": "voip",
+        "apns-priority": "10",
+        "apns-expiration": "0",
+        "apns-collapse-id": "relay.abc",
+    } == app_headers(request.headers)
+    assert VOIP_BODY.encode() == request.body
+
+
+async def test_empty_affiliation_and_collapse_key_are_sent(
+    relay: RunningRelay, production: ApnsSimulator
+) -> None:
+    answer = await relay.push(apns_push(affiliation="", collapse_key="", ttl="+7"))
+
+    assert 204 == answer.status
+    [request] = production.requests
+    assert "relay." == request.headers["apns-collapse-id"]
+    assert str(1_800_000_000 + 7) == request.headers["apns-expiration"]
+    assert {"wcs": "123deadbeef", "wca": "", "wct": 1_800_000_000, "wcv": 3} == (
+        request.payload or {}
+    )["3mw"]
+
+
+async def test_endpoint_selects_sandbox_or_production(
+    relay: RunningRelay, production: ApnsSimulator, sandbox: ApnsSimulator
+) -> None:
+    assert 204 == (await relay.push(apns_push(endpoint="s"))).status
+    assert 204 == (await relay.push(apns_push(OTHER_DEVICE, endpoint="p"))).status
+    assert 204 == (await relay.push(apns_push(endpoint="s"))).status
+
+    assert [DEVICE, DEVICE] == [r.device_token for r in sandbox.requests]
+    assert [OTHER_DEVICE] == [r.device_token for r in production.requests]
+    assert 1 == sandbox.connections_accepted
+    assert 1 == production.connections_accepted
+
+
+async def test_payload_limit_is_larger_for_voip(
+    relay: RunningRelay, production: ApnsSimulator
+) -> None:
+    """A control character is 3 bytes in the form and 6 in JSON: 4 kB of JSON from 2 kB."""
+    session = "\x01" * 700
+
+    alert = await relay.push(apns_push(session=session))
+    voip = await relay.push(apns_push(session=session, bundleid="com.example.app.voip"))
+
+    assert 502 == alert.status
+    assert 204 == voip.status
+    assert [(413, "PayloadTooLarge"), (200, None)] == [
+        (r.status, r.reason) for r in production.requests
+    ]
+
+
+# -- outcomes ---------------------------------------------------------------------------------
+
+
+def reply(reason: str) -> bytes:
+    return json.dumps({"reason": reason}).encode()
+
+
+CLASSIFY = [
+    pytest.param(200, b"", None, "delivered", id="200-delivered"),
+    pytest.param(400, reply("BadDeviceToken"), FailureKind.CLIENT, "bad_token", id="400-bad-token"),
+    pytest.param(410, reply("ExpiredToken"), FailureKind.CLIENT, "bad_token", id="410-expired"),
+    pytest.param(
+        410,
+        b'{"reason":"Unregistered","timestamp":1800000000000}',
+        FailureKind.CLIENT,
+        "unregistered",
+        id="410-unregistered",
+    ),
+    pytest.param(
+        403,
+        reply("BadEnvironmentKeyIdInToken"),
+        FailureKind.CLIENT,
+        "bad_environment",
+        id="403-bad-environment-key",
+    ),
+    pytest.param(
+        403, reply("UnrelatedKeyIdInToken"), FailureKind.CLIENT, "bad_topic", id="403-unrelated-key"
+    ),
+    pytest.param(
+        400, reply("BadExpirationDate"), FailureKind.CLIENT, "bad_expiration", id="400-expiration"
+    ),
+    pytest.param(400, reply("BadTopic"), FailureKind.CLIENT, "bad_topic", id="400-bad-topic"),
+    pytest.param(
+        400,
+        reply("DeviceTokenNotForTopic"),
+        FailureKind.CLIENT,
+        "bad_topic",
+        id="400-token-not-for-topic",
+    ),
+    pytest.param(
+        400, reply("TopicDisallowed"), FailureKind.CLIENT, "bad_topic", id="400-topic-disallowed"
+    ),
+    pytest.param(
+        400, reply("MissingTopic"), FailureKind.UPSTREAM, "upstream_refused", id="400-missing-topic"
+    ),
+    pytest.param(
+        400, reply("BadCollapseId"), FailureKind.UPSTREAM, "upstream_refused", id="400-collapse-id"
+    ),
+    pytest.param(
+        403,
+        reply("ExpiredProviderToken"),
+        FailureKind.UPSTREAM,
+        "auth_rejected",
+        id="403-expired-provider-token",
+    ),
+    pytest.param(
+        403,
+        reply("InvalidProviderToken"),
+        FailureKind.UPSTREAM,
+        "auth_rejected",
+        id="403-invalid-provider-token",
+    ),
+    pytest.param(
+        405, reply("MethodNotAllowed"), FailureKind.UPSTREAM, "upstream_refused", id="405"
+    ),
+    pytest.param(
+        413, reply("PayloadTooLarge"), FailureKind.UPSTREAM, "upstream_refused", id="413-too-large"
+    ),
+    pytest.param(
+        429, reply("TooManyRequests"), FailureKind.UPSTREAM, "rate_limited", id="429-too-many"
+    ),
+    pytest.param(
+        429,
+        reply("TooManyProviderTokenUpdates"),
+        FailureKind.UPSTREAM,
+        "rate_limited",
+        id="429-token-updates",
+    ),
+    pytest.param(
+        500,
+        reply("InternalServerError"),
+        FailureKind.UPSTREAM,
+        "upstream_unavailable",
+        id="500-internal",
+    ),
+    pytest.param(
+        503,
+        reply("ServiceUnavailable"),
+        FailureKind.UPSTREAM,
+        "upstream_unavailable",
+        id="503-unavailable",
+    ),
+    pytest.param(
+        502,
+        b"<html>bad gateway</html>",
+        FailureKind.UPSTREAM,
+        "upstream_unavailable",
+        id="502-not-json",
+    ),
+    pytest.param(
+        400,
+        b'["BadDeviceToken"]',
+        FailureKind.UPSTREAM,
+        "upstream_refused",
+        id="400-body-not-an-object",
+    ),
+    pytest.param(418, b"", FailureKind.UPSTREAM, "upstream_refused", id="418-empty-body"),
+]
+
+
+@pytest.mark.parametrize(("status", "body", "kind", "reason"), CLASSIFY)
+def test_classify(status: int, body: bytes, kind: FailureKind | None, reason: str) -> None:
+    verdict = classify(status, {"apns-id": "ID-1"}, body)
+
+    assert (kind, reason, status, "ID-1") == (
+        verdict.kind,
+        verdict.reason,
+        verdict.status,
+        verdict.apns_id,
+    )
+
+
+def test_classify_keeps_apns_reason_for_the_log() -> None:
+    assert Verdict(FailureKind.CLIENT, "unregistered", 410, "Unregistered", "A") == classify(
+        410, {"apns-id": "A"}, b'{"reason":"Unregistered","timestamp":1}'
+    )
+
+
+REASONS = [
+    pytest.param(reason, status, id=f"{reason}-{status}")
+    for reason, status in [
+        ("BadDeviceToken", 400),
+        ("ExpiredToken", 400),
+        ("Unregistered", 400),
+        ("BadEnvironmentKeyIdInToken", 400),
+        ("UnrelatedKeyIdInToken", 400),
+        ("BadExpirationDate", 400),
+        ("BadTopic", 400),
+        ("DeviceTokenNotForTopic", 400),
+        ("TopicDisallowed", 400),
+        ("MissingTopic", 502),
+        ("BadCertificate", 502),
+        ("Forbidden", 502),
+        ("PayloadTooLarge", 502),
+        ("TooManyRequests", 502),
+        ("InternalServerError", 502),
+        ("ServiceUnavailable", 502),
+        ("Shutdown", 502),
+    ]
+]
+
+
+@pytest.mark.parametrize(("reason", "expected"), REASONS)
+async def test_apns_reason_maps_to_status(
+    relay: RunningRelay, production: ApnsSimulator, reason: str, expected: int
+) -> None:
+    production.script.set(DEVICE, Step(reason=reason))
+
+    answer = await relay.push(apns_push())
+
+    assert expected == answer.status
+    assert "Push not successful" == answer.text
+    assert [reason] == [r.reason for r in production.requests]
+
+
+async def test_malformed_device_token_is_refused_by_apns(
+    relay: RunningRelay, production: ApnsSimulator
+) -> None:
+    answer = await relay.push(apns_push("asdf"))
+
+    assert 400 == answer.status
+    assert [(400, "BadDeviceToken")] == [(r.status, r.reason) for r in production.requests]
+
+
+async def test_failure_log_names_reason_and_apns_id_but_no_secrets(
+    relay: RunningRelay, production: ApnsSimulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    production.script.set(DEVICE, Step(reason="Unregistered"))
+
+    with caplog.at_level(logging.INFO):
+        answer = await relay.push(apns_push())
+
+    assert 400 == answer.status
+    [request] = production.requests
+    jwt_value = request.headers["authorization"].removeprefix("bearer ")
+    line = next(r.getMessage() for r in caplog.records if r.name == "push_relay.push")
+    assert "reason=unregistered" in line
+    assert "reason=Unregistered" in line
+    assert f"apns-id={request.apns_id}" in line
+    assert DEVICE not in caplog.text
+    assert jwt_value not in caplog.text
+
+
+# -- provider token ---------------------------------------------------------------------------
+
+
+def claims_of(authorization: str, key: ApnsKey) -> tuple[dict[str, object], dict[str, object]]:
+    token = authorization.removeprefix("bearer ")
+    header = jwt.get_unverified_header(token)
+    claims = jwt.decode(
+        token, key.public_key(), algorithms=["ES256"], options={"verify_iat": False}
+    )
+    return header, claims
+
+
+async def test_provider_token_is_reused_then_renewed_after_55_minutes(
+    relay: RunningRelay, production: ApnsSimulator, apns_key: ApnsKey, clock: FakeClock
+) -> None:
+    for _ in range(3):
+        assert 204 == (await relay.push(apns_push())).status
+    clock.advance(54 * 60)
+    assert 204 == (await relay.push(apns_push())).status
+    clock.advance(60 + 1)
+    assert 204 == (await relay.push(apns_push())).status
+
+    tokens = [r.headers["authorization"] for r in production.requests]
+    assert 1 == len(set(tokens[:4]))
+    assert tokens[4] != tokens[0]
+    header, claims = claims_of(tokens[0], apns_key)
+    assert {"alg": "ES256", "kid": "ABC123DEFG", "typ": "JWT"} == header
+    assert {"iss": "TEAM123456", "iat": 1_800_000_000} == claims
+    assert {"iss": "TEAM123456", "iat": 1_800_000_000 + 55 * 60 + 1} == claims_of(
+        tokens[4], apns_key
+    )[1]
+    assert 1 == production.tokens.updates
+
+
+async def test_expired_provider_token_is_renewed_once_and_retried(
+    relay: RunningRelay, production: ApnsSimulator, clock: FakeClock
+) -> None:
+    """APNs' clock runs ahead: it finds a 30-minute-old token expired."""
+    assert 204 == (await relay.push(apns_push())).status
+    clock.advance(30 * 60)
+    production.tokens.clock = lambda: clock.now + 31 * 60
+
+    answer = await relay.push(apns_push())
+
+    assert 204 == answer.status
+    assert [200, 403, 200] == [r.status for r in production.requests]
+    first, expired, retried = (r.headers["authorization"] for r in production.requests)
+    assert first == expired != retried
+
+
+async def test_expired_provider_token_younger_than_20_minutes_is_not_renewed(
+    relay: RunningRelay, production: ApnsSimulator, clock: FakeClock
+) -> None:
+    """Renewing it would only earn TooManyProviderTokenUpdates: the push fails with 502."""
+    assert 204 == (await relay.push(apns_push())).status
+    clock.advance(10 * 60)
+    production.tokens.clock = lambda: clock.now + 61 * 60
+
+    answer = await relay.push(apns_push())
+
+    assert 502 == answer.status
+    assert [200, 403] == [r.status for r in production.requests]
+    assert 0 == production.tokens.updates
+
+
+async def test_simulator_refuses_a_token_signed_by_another_key(
+    start_relay: RelayStarter,
+    production: ApnsSimulator,
+    tmp_path: Path,
+    clock: FakeClock,
+) -> None:
+    other = generate_key(tmp_path, key_id="ABC123DEFG", team_id="TEAM123456")
+    toml = other.config_toml(production.url, production.url)
+
+    async with start_relay(toml, clients=Clients(clock=clock)) as relay:
+        answer = await relay.push(apns_push())
+
+    assert 502 == answer.status
+    assert [(403, "InvalidProviderToken")] == [(r.status, r.reason) for r in production.requests]
+
+
+async def test_ready_reports_apns_and_signs_a_token(relay: RunningRelay) -> None:
+    answer = await relay.request("GET", "/ready")
+
+    assert 200 == answer.status
+    assert {"ok": True, "detail": "provider token signed"} == json.loads(answer.text)["backends"][
+        "apns"
+    ]
+
+
+# -- connections ------------------------------------------------------------------------------
+
+
+async def test_200_concurrent_pushes_share_one_connection(
+    start_relay: RelayStarter, test_ca: TestCA, apns_key: ApnsKey, clock: FakeClock
+) -> None:
+    sim = ApnsSimulator(test_ca, apns_key, clock=clock, max_concurrent_streams=100)
+    await sim.start()
+    sim.script.set(DEVICE, Step(delay=0.5))
+    toml = apns_key.config_toml(sim.url, sim.url)
+    try:
+        async with (
+            start_relay(toml, clients=Clients(clock=clock)) as relay,
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as client,
+        ):
+
+            async def push() -> int:
+                body = urlencode(apns_push())
+                headers = {"Content-Type": "application/x-www-form-urlencoded"}
+                async with client.post(relay.url + "/push", data=body, headers=headers) as r:
+                    return r.status
+
+            statuses = await asyncio.gather(*(push() for _ in range(200)))
+            opened = backend_of(relay).connections_opened
+    finally:
+        await sim.stop()
+
+    assert [204] * 200 == statuses
+    assert 200 == len(sim.requests)
+    assert 1 == sim.connections_accepted
+    assert 1 == opened
+    # all the streams APNs allows were in use at once; the other 100 pushes waited for one
+    assert 100 == sim.server.max_streams_seen
+
+
+async def test_pushes_continue_on_a_new_connection_after_goaway(
+    relay: RunningRelay, production: ApnsSimulator
+) -> None:
+    production.goaway_after(3)
+
+    statuses = [(await relay.push(apns_push())).status for _ in range(7)]
+
+    assert [204] * 7 == statuses
+    assert 3 == production.connections_accepted
+    assert 3 == backend_of(relay).connections_opened
+
+
+async def test_concurrent_pushes_survive_goaway(
+    relay: RunningRelay, production: ApnsSimulator
+) -> None:
+    production.goaway_after(5)
+
+    answers = await asyncio.gather(*(relay.push(apns_push()) for _ in range(20)))
+
+    assert [204] * 20 == [a.status for a in answers]
+    assert 20 == len([r for r in production.requests if r.status == 200])
+
+
+async def test_push_in_flight_on_a_dropped_connection_fails_then_next_reconnects(
+    relay: RunningRelay, production: ApnsSimulator
+) -> None:
+    production.script.set(DEVICE, DROP, Step())
+
+    dropped = await relay.push(apns_push())
+    after = await relay.push(apns_push())
+
+    assert 502 == dropped.status
+    assert 204 == after.status
+    assert 2 == production.connections_accepted
+
+
+async def test_idle_connection_dropped_by_apns_is_reopened(
+    relay: RunningRelay, production: ApnsSimulator
+) -> None:
+    assert 204 == (await relay.push(apns_push())).status
+    production.drop_connections()
+
+    answer = await relay.push(apns_push())
+
+    assert 204 == answer.status
+    assert 2 == production.connections_accepted
+
+
+async def test_unreachable_apns_is_an_upstream_failure(
+    start_relay: RelayStarter, apns_key: ApnsKey, clock: FakeClock
+) -> None:
+    toml = apns_key.config_toml("https://127.0.0.1:9", "https://127.0.0.1:9")
+
+    async with start_relay(toml, clients=Clients(clock=clock)) as relay:
+        answer = await relay.push(apns_push())
+
+    assert 502 == answer.status
+
+
+# -- sandbox ----------------------------------------------------------------------------------
+
+
+async def test_sandbox_example_is_delivered_and_logged(
+    start_relay: RelayStarter, test_ca: TestCA, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="push_relay.sandbox")
+    part = await apns_sim.sandbox_part(test_ca, tmp_path)
+    try:
+        async with start_relay(part.config_toml) as relay:
+            answers = [await relay.push(example) for example in part.examples]
+    finally:
+        await part.stop()
+
+    assert [
+        "type=apns&token=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+        "&session=123deadbeef&version=3&bundleid=com.example.app&endpoint=s"
+    ] == part.examples
+    assert [204] == [a.status for a in answers]
+    [line] = [r.getMessage() for r in caplog.records if r.name == "push_relay.sandbox"]
+    assert line.startswith("APNs device 01234567… (com.example.app, alert) shows")
+    assert '"Threema Web Wakeup"; 3mw={"wcs":"123deadbeef","wct":' in line
+
+
+# -- configuration ----------------------------------------------------------------------------
+
+
+def _rsa_pem() -> bytes:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _ec_pem(curve: ec.EllipticCurve, form: serialization.PrivateFormat) -> bytes:
+    return ec.generate_private_key(curve).private_bytes(
+        serialization.Encoding.PEM, form, serialization.NoEncryption()
+    )
+
+
+BAD_KEYS = [
+    pytest.param(lambda: b"", id="empty"),
+    pytest.param(lambda: b"not a key\n", id="not-pem"),
+    pytest.param(
+        lambda: b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n", id="garbage"
+    ),
+    pytest.param(_rsa_pem, id="rsa"),
+    pytest.param(lambda: _ec_pem(ec.SECP384R1(), serialization.PrivateFormat.PKCS8), id="p384"),
+    pytest.param(
+        lambda: _ec_pem(ec.SECP256R1(), serialization.PrivateFormat.TraditionalOpenSSL),
+        id="sec1-not-pkcs8",
+    ),
+]
+
+
+def check_config(config_file: Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "push_relay", "check-config", "-c", str(config_file)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+
+
+def write_apns_config(tmp_path: Path, keyfile: Path) -> Path:
+    config_file = tmp_path / "config.toml"
+    config_file.write_text(
+        f'[apns]\nkeyfile = "{keyfile}"\nkey_id = "ABC123DEFG"\nteam_id = "TEAM123456"\n'
+    )
+    return config_file
+
+
+@pytest.mark.parametrize("make_pem", BAD_KEYS)
+def test_bad_key_file_is_a_config_error_naming_the_file(
+    tmp_path: Path, make_pem: Callable[[], bytes]
+) -> None:
+    keyfile = tmp_path / "AuthKey_BAD.p8"
+    keyfile.write_bytes(make_pem())
+
+    with pytest.raises(ConfigError) as caught:
+        config.load(write_apns_config(tmp_path, keyfile))
+
+    assert "apns.keyfile" == caught.value.key
+    assert str(keyfile) in str(caught.value)
+
+
+def test_check_config_exits_2_naming_a_bad_key_file(tmp_path: Path) -> None:
+    keyfile = tmp_path / "AuthKey_BAD.p8"
+    keyfile.write_bytes(_ec_pem(ec.SECP384R1(), serialization.PrivateFormat.PKCS8))
+
+    result = check_config(write_apns_config(tmp_path, keyfile))
+
+    assert 2 == result.returncode
+    [line] = result.stderr.splitlines()
+    assert str(keyfile) in line
+    assert "apns.keyfile" in line
+
+
+def test_backend_refuses_a_bad_key_naming_the_file() -> None:
+    cfg = config.ApnsConfig(
+        keyfile="keys/AuthKey_X.p8", signing_key=b"junk", key_id="K", team_id="T"
+    )
+
+    with pytest.raises(ConfigError, match=r"keys/AuthKey_X\.p8"):
+        ApnsBackend(cfg, Clients())
+
+
+def test_good_key_file_passes_check_config(apns_key: ApnsKey, tmp_path: Path) -> None:
+    result = check_config(write_apns_config(tmp_path, apns_key.path))
+
+    assert 0 == result.returncode, result.stderr
+    assert "apns: key ABC123DEFG, team TEAM123456" in result.stdout
+    assert "PRIVATE KEY" not in result.stdout + result.stderr
