@@ -1,0 +1,377 @@
+"""`type=threema-gateway` through the real front end against the gateway simulator (contract §6).
+
+The simulator plays the recipient's phone too: it decrypts every box, so these tests assert on
+exactly what the phone would read.
+"""
+
+# ruff: noqa: SIM300  -- the house style puts the expected value first in asserts
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from urllib.parse import parse_qsl
+
+import pytest
+from nacl.public import PrivateKey
+
+from push_relay import config
+from push_relay.backends import Clients
+from push_relay.backends.threema_gateway import classify
+from push_relay.errors import ConfigError, FailureKind
+from push_relay.testing import gateway_sim
+from push_relay.testing.ca import TestCA
+from push_relay.testing.gateway_sim import GatewaySimulator, write_key_file
+from push_relay.testing.relay import RunningRelay
+
+RelayStarter = Callable[..., AbstractAsyncContextManager[RunningRelay]]
+
+IDENTITY = "*3MAPUSH"
+SECRET = "gateway-api-secret-for-tests"
+RECIPIENT = "ECHOECHO"
+NOW = 1_700_000_000.0
+NOT_OK = "Push not successful"
+MISSING = "Missing parameters"
+INVALID = "Invalid parameters"
+
+
+@pytest.fixture
+def relay_key(tmp_path: Path) -> tuple[Path, PrivateKey]:
+    path = tmp_path / "gateway.key"
+    return path, write_key_file(path)
+
+
+@pytest.fixture
+async def sim(
+    test_ca: TestCA, relay_key: tuple[Path, PrivateKey]
+) -> AsyncIterator[GatewaySimulator]:
+    simulator = GatewaySimulator(
+        test_ca,
+        identity=IDENTITY,
+        secret=SECRET,
+        identity_public_key=bytes(relay_key[1].public_key),
+    )
+    simulator.add_recipient(RECIPIENT)
+    await simulator.start()
+    yield simulator
+    await simulator.stop()
+
+
+@pytest.fixture
+def section(relay_key: tuple[Path, PrivateKey]) -> Callable[..., str]:
+    def make(base_url: str, *, secret: str = SECRET, identity: str = IDENTITY) -> str:
+        return (
+            "[threema_gateway]\n"
+            f'base_url = "{base_url}"\n'
+            f'identity = "{identity}"\n'
+            f'secret = "{secret}"\n'
+            f'private_key_file = "{relay_key[0]}"\n'
+        )
+
+    return make
+
+
+def recipient_key(sim: GatewaySimulator, identity: str = RECIPIENT) -> str:
+    return bytes(sim.recipients[identity].public_key).hex()
+
+
+def form(sim: GatewaySimulator, **extra: str) -> dict[str, str]:
+    params = {
+        "type": "threema-gateway",
+        "identity": RECIPIENT,
+        "public_key": recipient_key(sim),
+        "session": "123deadbeef",
+        "version": "3",
+    }
+    params.update(extra)
+    return params
+
+
+def closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"https://127.0.0.1:{port}"
+
+
+# -- round trip ------------------------------------------------------------------------------
+
+
+async def test_phone_decrypts_exactly_the_payload(
+    start_relay: RelayStarter, sim: GatewaySimulator, section: Callable[..., str]
+) -> None:
+    clients = Clients(clock=lambda: NOW)
+    async with start_relay(section(sim.url), clients=clients) as relay:
+        answer = await relay.push(form(sim, affiliation="aff", ttl="0", collapse_key="ignored"))
+    assert (204, "") == (answer.status, answer.text)
+    [delivery] = sim.deliveries
+    expected = b'\xfe{"wcs":"123deadbeef","wca":"aff","wct":1700000000,"wcv":3}\x01'
+    assert expected == delivery.plaintext
+    assert {"wcs": "123deadbeef", "wca": "aff", "wct": 1700000000, "wcv": 3} == delivery.payload
+    assert (IDENTITY, RECIPIENT) == (delivery.sender, delivery.recipient)
+
+
+async def test_form_fields_and_headers(
+    start_relay: RelayStarter, sim: GatewaySimulator, section: Callable[..., str]
+) -> None:
+    async with start_relay(section(sim.url)) as relay:
+        assert 204 == (await relay.push(form(sim))).status
+    [request] = sim.requests
+    assert "/send_e2e" == request.path
+    assert "application/json" == request.headers["accept"]
+    assert request.headers["content-type"].startswith("application/x-www-form-urlencoded")
+    fields = parse_qsl(request.body.decode(), strict_parsing=True)
+    names = ["secret", "from", "to", "noPush", "noDeliveryReceipts", "nonce", "box"]
+    assert names == [name for name, _ in fields]
+    values = dict(fields)
+    assert [SECRET, IDENTITY, RECIPIENT, "1", "1"] == [values[n] for n in names[:5]]
+    assert 48 == len(values["nonce"])
+    assert values["nonce"] == values["nonce"].lower()
+    assert values["box"] == values["box"].lower()
+
+
+async def test_every_push_gets_a_fresh_nonce(
+    start_relay: RelayStarter, sim: GatewaySimulator, section: Callable[..., str]
+) -> None:
+    async with start_relay(section(sim.url)) as relay:
+        for _ in range(3):
+            assert 204 == (await relay.push(form(sim))).status
+    nonces = {dict(parse_qsl(r.body.decode()))["nonce"] for r in sim.requests}
+    assert 3 == len(nonces)
+
+
+async def test_uppercase_public_key_is_accepted(
+    start_relay: RelayStarter, sim: GatewaySimulator, section: Callable[..., str]
+) -> None:
+    async with start_relay(section(sim.url)) as relay:
+        answer = await relay.push(form(sim, public_key=recipient_key(sim).upper()))
+    assert 204 == answer.status
+    assert 1 == len(sim.deliveries)
+
+
+async def test_box_for_another_key_is_unreadable_by_the_phone(
+    start_relay: RelayStarter, sim: GatewaySimulator, section: Callable[..., str]
+) -> None:
+    """The simulator catches a box the phone cannot open (the real gateway would take it)."""
+    other = bytes(PrivateKey.generate().public_key).hex()
+    async with start_relay(section(sim.url)) as relay:
+        answer = await relay.push(form(sim, public_key=other))
+    assert 502 == answer.status
+    assert [] == sim.deliveries
+    assert 1 == len(sim.undeliverable)
+
+
+async def test_all_zero_public_key_is_refused_before_sending(
+    start_relay: RelayStarter, sim: GatewaySimulator, section: Callable[..., str]
+) -> None:
+    async with start_relay(section(sim.url)) as relay:
+        answer = await relay.push(form(sim, public_key="00" * 32))
+    assert (400, NOT_OK) == (answer.status, answer.text)
+    assert [] == sim.requests
+
+
+# -- validation ------------------------------------------------------------------------------
+
+KEY = "ab" * 32
+GW = "type=threema-gateway&session=s&version=3"
+
+
+@pytest.mark.parametrize(
+    ("body", "text"),
+    [
+        pytest.param(f"{GW}&public_key={KEY}", MISSING, id="identity-missing"),
+        pytest.param(f"{GW}&identity=ECHOECH&public_key={KEY}", INVALID, id="identity-7"),
+        pytest.param(f"{GW}&identity=ECHOECHOX&public_key={KEY}", INVALID, id="identity-9"),
+        pytest.param(f"{GW}&identity=*3MAPUSH&public_key={KEY}", INVALID, id="identity-star"),
+        pytest.param(f"{GW}&identity=%C3%A4ABCDE&public_key={KEY}", INVALID, id="identity-utf8"),
+        pytest.param(f"{GW}&identity=*BAD", INVALID, id="identity-before-public-key"),
+        pytest.param(f"{GW}&identity=ECHOECHO", MISSING, id="public-key-missing"),
+        pytest.param(f"{GW}&identity=ECHOECHO&public_key=abcd", INVALID, id="public-key-short"),
+        pytest.param(f"{GW}&identity=ECHOECHO&public_key={KEY}00", INVALID, id="public-key-long"),
+        pytest.param(f"{GW}&identity=ECHOECHO&public_key={'zz' * 32}", INVALID, id="not-hex"),
+        pytest.param(f"{GW}&identity=ECHOECHO&public_key=+{KEY[1:]}", INVALID, id="key-sign"),
+        pytest.param(
+            f"identity=ECHOECHO&public_key={KEY}&type=threema-gateway", MISSING, id="no-s"
+        ),
+        pytest.param(f"{GW}&identity=ECHOECHO&public_key={KEY}&ttl=x", INVALID, id="bad-ttl"),
+    ],
+)
+async def test_validation(
+    start_relay: RelayStarter,
+    sim: GatewaySimulator,
+    section: Callable[..., str],
+    body: str,
+    text: str,
+) -> None:
+    async with start_relay(section(sim.url)) as relay:
+        answer = await relay.push(body)
+    assert (400, text) == (answer.status, answer.text)
+    assert [] == sim.requests
+
+
+# -- status mapping --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("upstream", "status"),
+    [
+        pytest.param(400, 502, id="400-invalid-recipient"),
+        pytest.param(401, 502, id="401-bad-credentials"),
+        pytest.param(402, 502, id="402-no-credits"),
+        pytest.param(413, 502, id="413-too-long"),
+        pytest.param(404, 500, id="404"),
+        pytest.param(500, 500, id="500"),
+        pytest.param(503, 500, id="503"),
+    ],
+)
+async def test_status_mapping(
+    start_relay: RelayStarter,
+    sim: GatewaySimulator,
+    section: Callable[..., str],
+    upstream: int,
+    status: int,
+) -> None:
+    sim.script.set(RECIPIENT, upstream)
+    async with start_relay(section(sim.url)) as relay:
+        answer = await relay.push(form(sim))
+    assert (status, NOT_OK) == (answer.status, answer.text)
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        (200, None),
+        (400, FailureKind.UPSTREAM),
+        (401, FailureKind.UPSTREAM),
+        (402, FailureKind.UPSTREAM),
+        (413, FailureKind.UPSTREAM),
+        (201, FailureKind.INTERNAL),
+        (404, FailureKind.INTERNAL),
+        (500, FailureKind.INTERNAL),
+        (502, FailureKind.INTERNAL),
+    ],
+)
+def test_classify(status: int, kind: FailureKind | None) -> None:
+    assert kind == classify(status)
+
+
+async def test_wrong_secret_is_refused_by_the_gateway(
+    start_relay: RelayStarter, sim: GatewaySimulator, section: Callable[..., str]
+) -> None:
+    async with start_relay(section(sim.url, secret="wrong")) as relay:
+        answer = await relay.push(form(sim))
+    assert 502 == answer.status
+    assert [] == sim.deliveries
+
+
+async def test_unknown_recipient_is_refused_by_the_gateway(
+    start_relay: RelayStarter, sim: GatewaySimulator, section: Callable[..., str]
+) -> None:
+    async with start_relay(section(sim.url)) as relay:
+        answer = await relay.push(form(sim, identity="UNKNOWN1"))
+    assert 502 == answer.status
+
+
+async def test_running_out_of_credits(
+    start_relay: RelayStarter, sim: GatewaySimulator, section: Callable[..., str]
+) -> None:
+    sim.credits = 1
+    async with start_relay(section(sim.url)) as relay:
+        statuses = [(await relay.push(form(sim))).status for _ in range(2)]
+    assert [204, 502] == statuses
+
+
+async def test_transport_error_answers_400(
+    start_relay: RelayStarter, section: Callable[..., str]
+) -> None:
+    async with start_relay(section(closed_port_url())) as relay:
+        answer = await relay.push(f"{GW}&identity={RECIPIENT}&public_key={KEY}")
+    assert (400, NOT_OK) == (answer.status, answer.text)
+
+
+# -- key file, readiness, secrecy ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        pytest.param("ab" * 32 + "\n", "must start with 'private:'", id="no-prefix"),
+        pytest.param("private:" + "zz" * 32, "not valid hex", id="bad-hex"),
+        pytest.param("private:" + "ab" * 31, "64 hex characters", id="short"),
+        pytest.param("private:" + "ab" * 33, "64 hex characters", id="long"),
+        pytest.param("private:" + "ab" * 32 + "\n\n", "64 hex characters", id="two-newlines"),
+        pytest.param("", "must start with 'private:'", id="empty"),
+    ],
+)
+def test_bad_key_file_is_a_startup_error_naming_the_file(
+    tmp_path: Path, content: str, problem: str
+) -> None:
+    key_file = tmp_path / "bad.key"
+    key_file.write_text(content)
+    config_file = tmp_path / "config.toml"
+    config_file.write_text(
+        '[threema_gateway]\nbase_url = "https://127.0.0.1:1"\nidentity = "*3MAPUSH"\n'
+        f'secret = "x"\nprivate_key_file = "{key_file}"\n'
+    )
+    with pytest.raises(ConfigError) as raised:
+        config.load(config_file)
+    message = str(raised.value)
+    assert str(key_file) in message
+    assert problem in message
+    assert "\n" not in message
+
+
+def test_missing_key_file_is_a_startup_error(tmp_path: Path) -> None:
+    config_file = tmp_path / "config.toml"
+    config_file.write_text(
+        '[threema_gateway]\nbase_url = "https://127.0.0.1:1"\nidentity = "*3MAPUSH"\n'
+        'secret = "x"\nprivate_key_file = "nowhere.key"\n'
+    )
+    with pytest.raises(ConfigError, match=r"nowhere\.key"):
+        config.load(config_file)
+
+
+async def test_ready_reports_the_gateway(
+    start_relay: RelayStarter, sim: GatewaySimulator, section: Callable[..., str]
+) -> None:
+    async with start_relay(section(sim.url)) as relay:
+        answer = await relay.request("GET", "/ready")
+    assert 200 == answer.status
+    assert True is json.loads(answer.text)["backends"]["threemagateway"]["ok"]
+
+
+async def test_secret_and_key_stay_out_of_logs_and_reprs(
+    start_relay: RelayStarter,
+    sim: GatewaySimulator,
+    section: Callable[..., str],
+    relay_key: tuple[Path, PrivateKey],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with start_relay(section(sim.url)) as relay:
+        assert 204 == (await relay.push(form(sim))).status
+        sim.script.set(RECIPIENT, 500)
+        assert 500 == (await relay.push(form(sim))).status
+        backend_repr = repr(relay.runtime.relay.backends)
+        config_repr = repr(relay.runtime.config)
+    key_hex = bytes(relay_key[1]).hex()
+    for text in (caplog.text, backend_repr, config_repr):
+        assert SECRET not in text
+        assert key_hex not in text
+
+
+async def test_sandbox_example_answers_204(
+    start_relay: RelayStarter, test_ca: TestCA, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="push_relay.sandbox")
+    part = await gateway_sim.sandbox_part(test_ca, tmp_path)
+    try:
+        async with start_relay(part.config_toml) as relay:
+            answers = [await relay.push(example) for example in part.examples]
+    finally:
+        await part.stop()
+    assert [204] * len(part.examples) == [a.status for a in answers]
+    assert '"wcs": "123deadbeef"' in caplog.text
