@@ -271,7 +271,8 @@ async def test_full_queue_drops_the_oldest_points_and_counts_them(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="push_relay.influxdb")
     before = dropped_total()
-    async with sink_for(own_influx, db, clock=1_700_000_000.0, max_points=10) as sink:
+    options = {"clock": 1_700_000_000.0, "max_points": 10, "worker_slot": 7}
+    async with sink_for(own_influx, db, **options) as sink:
         for version in range(25):  # with `started`: 26 points for 10 places
             sink.observe(push(version), Outcome(204, "delivered"))
         assert (10, 16) == (sink.queued, sink.dropped)
@@ -283,8 +284,9 @@ async def test_full_queue_drops_the_oldest_points_and_counts_them(
         points = await wait_rows(own_influx, "SELECT * FROM push", db, 10)
     assert [str(v) for v in range(16, 26)] == [p["version"] for p in points]
     # explicit timestamps: each point keeps its own time, not the time of the late write
-    first = 1_700_000_000 * 10**9
-    assert [first + n for n in range(17, 27)] == [p["time"] for p in points]
+    # unique per point (1 µs apart) and per worker (the slot in the nanosecond digits)
+    first = 1_700_000_000 * 10**9 + 7
+    assert [first + n * 1000 for n in range(17, 27)] == [p["time"] for p in points]
     drops = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
     assert ["influxdb: dropped 16 point(s) (queue full: InfluxDB slow or unreachable)"] == drops[:1]
     assert ["influxdb: dropped 1 point(s) (queue full: InfluxDB slow or unreachable)"] == drops[1:]
@@ -298,6 +300,20 @@ async def test_stop_writes_what_is_queued(influx: InfluxServer, db: str) -> None
         assert 5 == sink.queued
     points = await rows(influx, "SELECT * FROM push", db)
     assert [("false", str(v)) for v in range(5)] == [(p["success"], p["version"]) for p in points]
+
+
+async def test_workers_pushing_at_the_same_instant_keep_both_points(
+    influx: InfluxServer, db: str
+) -> None:
+    """Same host, same tags, same clock reading: the worker slot keeps the points apart."""
+    async with (
+        sink_for(influx, db, clock=1_700_000_000.0, worker_slot=1) as first,
+        sink_for(influx, db, clock=1_700_000_000.0, worker_slot=2) as second,
+    ):
+        first.observe(push(1), Outcome(204, "delivered"))
+        second.observe(push(1), Outcome(204, "delivered"))
+    [count] = await rows(influx, "SELECT count(value) FROM push", db)
+    assert 2 == count["count"]
 
 
 async def test_stop_gives_up_after_its_timeout(own_influx: InfluxServer, db: str) -> None:

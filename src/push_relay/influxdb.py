@@ -7,10 +7,11 @@ writes batches (every `flush_interval` seconds or `batch_size` points). While In
 down the queue keeps the newest `max_points` points, counts the dropped oldest ones and retries
 with backoff; `stop()` flushes what is left, bounded in time.
 
-Every point carries its own nanosecond timestamp, so a batch written late keeps the push time;
-timestamps are made unique per worker, because InfluxDB keeps only one point per series and
-timestamp and two pushes with equal tags would otherwise overwrite each other. The same
-property makes a retried batch (written, but the answer lost) harmless: it overwrites itself.
+Every point carries its own timestamp, so a batch written late keeps the push time. InfluxDB
+keeps only one point per series and timestamp, so two pushes with equal tags must never share
+one: each worker counts in whole microseconds (one more than its last point at least) and puts
+its own number, derived from its PID, in the nanosecond digits. The same property makes a
+retried batch (written, but the answer lost) harmless: it overwrites itself.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import enum
 import itertools
 import logging
 import math
+import os
 import re
 import socket
 import time
@@ -95,6 +97,7 @@ class InfluxSink:
         max_points: int = 100_000,
         batch_size: int = 500,
         flush_interval: float = 1.0,
+        worker_slot: int | None = None,
     ) -> None:
         self._config = config
         self._clients = clients
@@ -106,7 +109,8 @@ class InfluxSink:
         credentials = f"{config.user}:{config.password}".encode()
         self._headers = {"Authorization": "Basic " + base64.b64encode(credentials).decode()}
         self._queue: deque[str] = deque(maxlen=max_points)
-        self._last_ns = 0
+        self._last_us = 0
+        self._slot = os.getpid() % 1000 if worker_slot is None else worker_slot % 1000
         self.dropped = 0  # points lost since start, for tests and the shutdown log
         self._dropped_unreported = 0
         self._last_drop_report = -math.inf
@@ -131,8 +135,9 @@ class InfluxSink:
         self._enqueue(push_line(self.host, push, outcome.success, self._timestamp()))
 
     def _timestamp(self) -> int:
-        self._last_ns = max(int(self._clock() * 1e9), self._last_ns + 1)
-        return self._last_ns
+        """Nanoseconds, unique across this host's workers (see the module docstring)."""
+        self._last_us = max(int(self._clock() * 1e6), self._last_us + 1)
+        return self._last_us * 1000 + self._slot
 
     def _enqueue(self, line: str) -> None:
         if len(self._queue) == self._queue.maxlen:
@@ -201,7 +206,7 @@ class InfluxSink:
             self._queue.popleft()
         metrics.INFLUXDB_QUEUE_DEPTH.set(len(self._queue))
         if result is _Result.REFUSED:
-            self._count_drops(len(batch))
+            self._count_drops(max(done, 0))
         return result
 
     async def _write(self, body: bytes) -> _Result:
