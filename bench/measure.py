@@ -119,7 +119,10 @@ def per_thousand(cpu_seconds: float, requests: int) -> float:
 
 def rate(measured: Measured) -> float:
     """Requests per second of a wrk run."""
-    result = measured.result
+    return rate_of(measured.result)
+
+
+def rate_of(result: dict[str, Any]) -> float:
     return float(result["requests"]) / (result["duration_us"] / 1e6)
 
 

@@ -160,12 +160,13 @@ def start_nginx(ca: TestCA, directory: Path, *, log_requests: bool = False) -> N
     )
     conf_file = directory / "nginx.conf"
     conf_file.write_text(conf)
-    process = subprocess.Popen(
-        ["nginx", "-p", f"{directory}/", "-c", str(conf_file), "-e", f"{directory}/error.log"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    with (directory / "stderr.log").open("wb") as stderr:
+        process = subprocess.Popen(
+            ["nginx", "-p", f"{directory}/", "-c", str(conf_file), "-e", f"{directory}/error.log"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
     nginx = Nginx(directory, port, process, ca)
     try:
         _wait_listening(nginx)
@@ -179,10 +180,8 @@ def _wait_listening(nginx: Nginx, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if nginx.process.poll() is not None:
-            stderr = nginx.process.stderr.read().decode() if nginx.process.stderr else ""
-            log = nginx.directory / "error.log"
-            detail = log.read_text() if log.exists() else ""
-            raise RuntimeError(f"nginx exited at start-up: {stderr}{detail}".strip())
+            detail = (nginx.directory / "stderr.log").read_text()
+            raise RuntimeError(f"nginx exited at start-up: {detail}".strip())
         try:
             nginx.accepted_connections()
             return

@@ -55,22 +55,27 @@ def _apns_key(directory: Path) -> Path:
     return path
 
 
-def relay_config(nginx: Nginx, directory: Path) -> str:
+def relay_config(nginx: Nginx, directory: Path, paths: tuple[str, ...] = ("fcm", "apns")) -> str:
     """TOML sending FCM and APNs (both environments) to nginx."""
-    return f"""\
+    sections = []
+    if "fcm" in paths:
+        sections.append(f"""\
 [fcm]
 service_account_key_base64 = "{_service_account(nginx.token_uri)}"
 project_id = "bench"
 max_retries = 3
 endpoint = "{nginx.url}"
-
+""")
+    if "apns" in paths:
+        sections.append(f"""\
 [apns]
 keyfile = "{_apns_key(directory)}"
 key_id = "BENCHKEY01"
 team_id = "BENCHTEAM1"
 production_endpoint = "{nginx.url}"
 sandbox_endpoint = "{nginx.url}"
-"""
+""")
+    return "\n".join(sections)
 
 
 def supports_workers() -> bool:

@@ -34,7 +34,7 @@ from shapes import APNS_DEVICE_PATH, FCM_SEND_PATH, write_bodies
 from push_relay.testing.ca import TestCA
 
 HERE = Path(__file__).resolve().parent
-PATHS = ("fcm", "apns")
+ALL_PATHS = ("fcm", "apns")
 
 
 class OutOfTime(Exception):
@@ -104,7 +104,7 @@ def ceilings(nginx: Nginx, bodies: Path, args: Any) -> list[dict[str, Any]]:
 def _warm_up(relay: RelayProcess, nginx: Nginx, bodies: dict[str, Path]) -> None:
     """Fetch tokens and open the upstream connections of every worker before measuring."""
     groups = {"relay": relay.pids, "nginx": nginx.pids}
-    for path in PATHS:
+    for path in bodies:
         warm = measure.wrk(
             relay.url + "/push", bodies[path], expect=204, duration=1, connections=8, groups=groups
         )
@@ -152,7 +152,7 @@ def relay_figures(
     groups = {"relay": relay.pids, "nginx": nginx.pids}
     accepted = nginx.accepted_connections()
     paths: dict[str, dict[str, Any]] = {}
-    for path in PATHS:
+    for path in bodies:
         run = measure.wrk(
             relay.url + "/push",
             bodies[path],
@@ -165,7 +165,7 @@ def relay_figures(
     # the status request itself is one accepted connection
     opened = nginx.accepted_connections() - accepted - 1
     held = upstream_connections.count(nginx.port, relay.pids())
-    for path in PATHS:
+    for path in bodies:
         paths[path]["latency"] = _latency(
             relay, nginx, path, paths[path]["rate"], bodies[path], args
         )
@@ -187,13 +187,13 @@ def run_all(args: Any, stack: ExitStack) -> dict[str, Any]:
     ca = TestCA.create(workdir)
     nginx = start_nginx(ca, workdir / "nginx")
     stack.callback(nginx.stop)
-    bodies = {path: write_bodies(workdir / f"{path}.txt", path) for path in PATHS}
+    bodies = {path: write_bodies(workdir / f"{path}.txt", path) for path in args.paths}
     results: dict[str, Any] = {"settings": vars(args) | {"cpus": os.cpu_count()}, "relay": []}
     print("ceilings ...", file=sys.stderr, flush=True)
-    results["ceilings"] = ceilings(nginx, bodies["fcm"], args)
+    results["ceilings"] = ceilings(nginx, write_bodies(workdir / "ceiling.txt", "fcm"), args)
 
     config_file = workdir / "config.toml"
-    config_file.write_text(relay_config(nginx, workdir))
+    config_file.write_text(relay_config(nginx, workdir, tuple(args.paths)))
     env = os.environ | {"SSL_CERT_FILE": str(ca.ca_file)}
     has_workers = supports_workers()
     results["workers_flag"] = has_workers
@@ -228,6 +228,7 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per measurement")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--paths", nargs="+", choices=ALL_PATHS, default=list(ALL_PATHS))
     parser.add_argument("--load-fraction", type=float, default=0.5, help="of peak, for latency")
     parser.add_argument("--relay-log-level", default="info", help="the relay's --log-level")
     parser.add_argument("--time-limit", type=int, default=290, help="seconds for everything")

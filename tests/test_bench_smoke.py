@@ -82,7 +82,7 @@ async def test_wrk_closed_loop_gets_only_204_from_the_relay(
     start_relay: RelayStarter, nginx: Nginx, tmp_path: Path
 ) -> None:
     bodies = shapes.write_bodies(tmp_path / "fcm.txt", "fcm", 100)
-    async with start_relay(relay_config(nginx, tmp_path)) as relay:
+    async with start_relay(relay_config(nginx, tmp_path, ("fcm",))) as relay:
         command = measure.wrk_command(
             relay.url + "/push", bodies, expect=204, duration=1, connections=8
         )
@@ -98,7 +98,7 @@ async def test_fixed_rate_load_is_all_answered_204_on_the_apns_path(
     start_relay: RelayStarter, nginx: Nginx, tmp_path: Path
 ) -> None:
     bodies = shapes.write_bodies(tmp_path / "apns.txt", "apns", 100)
-    async with start_relay(relay_config(nginx, tmp_path)) as relay:
+    async with start_relay(relay_config(nginx, tmp_path, ("apns",))) as relay:
         command = measure.fixed_rate_command(
             relay.url + "/push", bodies, rate=400, expect=204, duration=1, cafile=None
         )
