@@ -1,0 +1,215 @@
+"""A real headless Chromium calls the relay the way Threema Web does, from another origin.
+
+The page is served from `http://localhost:<port>`, the relay listens on
+`http://127.0.0.1:<port>`: different origins, so the browser enforces CORS exactly as it does
+for Threema Web, and the page can read `response.status` only when the relay allows it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+import tempfile
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+
+from push_relay.testing.ca import TestCA
+from push_relay.testing.gateway_sim import GatewaySimulator, write_key_file
+from push_relay.testing.relay import RunningRelay
+
+pytestmark = pytest.mark.browser
+
+RelayStarter = Callable[..., AbstractAsyncContextManager[RunningRelay]]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+# The wake-up call as Threema Web makes it: a form-encoded fetch whose status it reads.
+PAGE = b"""<!doctype html>
+<html><head><meta charset="utf-8"><title>wake-up</title></head>
+<body><script>
+async function wakeUp(url, params) {
+  try {
+    const response = await fetch(url, {
+      method: 'POST',
+      headers: {'Content-Type': 'application/x-www-form-urlencoded'},
+      body: new URLSearchParams(params),
+    });
+    return {status: response.status, body: await response.text()};
+  } catch (error) {
+    return {error: error.name, message: error.message};
+  }
+}
+</script></body></html>
+"""
+CALL_WAKE_UP = (
+    "const done = arguments[arguments.length - 1];\nwakeUp(arguments[0], arguments[1]).then(done);"
+)
+
+
+# -- the browser and the page ----------------------------------------------------------------
+
+
+class _PageHandler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(PAGE)))
+        self.end_headers()
+        self.wfile.write(PAGE)
+
+    def log_message(self, format: str, *args: Any) -> None:  # keep test output clean
+        pass
+
+
+@pytest.fixture(scope="module")
+def page_origin() -> Iterator[str]:
+    """The Threema Web stand-in, on a loopback origin that is not the relay's."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _PageHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://localhost:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def browser(page_origin: str) -> Iterator[webdriver.Chrome]:
+    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)]
+    if missing:
+        pytest.fail(
+            f"{', '.join(missing)} not found: install the Debian packages chromium and "
+            "chromium-driver (apt-get install chromium chromium-driver)",
+            pytrace=False,
+        )
+    profile = tempfile.mkdtemp(prefix="push-relay-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in [*FLAGS, f"--user-data-dir={profile}"]:
+        options.add_argument(flag)
+    # an explicit driver path and browser binary: Selenium Manager downloads nothing
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        driver.set_script_timeout(30)
+        driver.get(page_origin + "/")
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+async def wake_up(browser: webdriver.Chrome, relay: RunningRelay, params: dict[str, str]) -> Any:
+    """Run the page's `wakeUp` against the relay; Selenium blocks, so not in the event loop."""
+    return await asyncio.to_thread(
+        browser.execute_async_script, CALL_WAKE_UP, relay.url + "/push", params
+    )
+
+
+# -- a relay with a simulated Threema Gateway ------------------------------------------------
+
+
+@dataclass
+class Gateway:
+    simulator: GatewaySimulator
+    config_toml: str
+    recipient_key: str  # hex public key of ECHOECHO, known to the simulator
+
+
+@pytest.fixture
+async def gateway(test_ca: TestCA, tmp_path: Path) -> AsyncIterator[Gateway]:
+    key_file = tmp_path / "gateway.key"
+    key = write_key_file(key_file)
+    secret = secrets.token_hex(16)
+    simulator = GatewaySimulator(
+        test_ca, identity="*3MAPUSH", secret=secret, identity_public_key=bytes(key.public_key)
+    )
+    recipient_key = simulator.add_recipient("ECHOECHO")
+    url = await simulator.start()
+    toml = (
+        f'[threema_gateway]\nbase_url = "{url}"\nidentity = "*3MAPUSH"\n'
+        f'secret = "{secret}"\nprivate_key_file = "{key_file}"\n'
+    )
+    try:
+        yield Gateway(simulator, toml, recipient_key)
+    finally:
+        await simulator.stop()
+
+
+def gateway_push(gateway: Gateway, session: str = "123deadbeef") -> dict[str, str]:
+    return {
+        "type": "threema-gateway",
+        "session": session,
+        "version": "3",
+        "identity": "ECHOECHO",
+        "public_key": gateway.recipient_key,
+    }
+
+
+# -- the tests -------------------------------------------------------------------------------
+
+
+async def test_bad_request_reads_400_in_the_browser(
+    browser: webdriver.Chrome, start_relay: RelayStarter
+) -> None:
+    async with start_relay() as relay:
+        result = await wake_up(browser, relay, {"type": "fcm", "token": "t", "session": "s"})
+    assert result == {"status": 400, "body": "Missing parameters"}
+
+
+async def test_gateway_push_reads_204_in_the_browser(
+    browser: webdriver.Chrome, start_relay: RelayStarter, gateway: Gateway
+) -> None:
+    async with start_relay(gateway.config_toml) as relay:
+        result = await wake_up(browser, relay, gateway_push(gateway, session="browser-session"))
+    assert result == {"status": 204, "body": ""}
+    [delivery] = gateway.simulator.deliveries
+    assert (
+        delivery.recipient,
+        delivery.payload["wcs"],
+        delivery.payload["wcv"],
+    ) == ("ECHOECHO", "browser-session", 3)
+
+
+async def test_allow_list_with_the_page_origin_lets_the_page_read_the_status(
+    browser: webdriver.Chrome, start_relay: RelayStarter, gateway: Gateway, page_origin: str
+) -> None:
+    toml = f'[server]\ncors_origins = ["https://web.threema.ch", "{page_origin}"]\n'
+    async with start_relay(toml + gateway.config_toml) as relay:
+        result = await wake_up(browser, relay, gateway_push(gateway))
+    assert result == {"status": 204, "body": ""}
+
+
+async def test_allow_list_without_the_page_origin_makes_fetch_fail(
+    browser: webdriver.Chrome, start_relay: RelayStarter, gateway: Gateway
+) -> None:
+    """The browser hides the answer: `fetch` rejects with a TypeError. (The push itself is a
+    CORS 'simple request', so it still reaches the relay: CORS is no access control.)"""
+    toml = '[server]\ncors_origins = ["https://web.threema.ch"]\n'
+    async with start_relay(toml + gateway.config_toml) as relay:
+        result = await wake_up(browser, relay, gateway_push(gateway))
+    assert result["error"] == "TypeError"
+    assert "status" not in result
