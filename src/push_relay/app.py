@@ -149,7 +149,12 @@ class PushRelayApp:
         except InvalidRequest as err:
             await _respond(send, err.status, [TEXT_UTF8, *cors], err.body.encode())
             return
-        outcome = await runtime.relay.push(push)
+        try:
+            outcome = await runtime.relay.push(push)
+        except asyncio.CancelledError:
+            # the shutdown grace period ran out: the client should retry, not assume a failure
+            await _respond(send, 503, [TEXT, (b"retry-after", b"1"), *cors], PUSH_NOT_SUCCESSFUL)
+            raise
         if outcome.status == 204:
             await _respond(send, 204, [TEXT, *cors])
         elif outcome.status == 503:
