@@ -19,20 +19,16 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from prometheus_client import REGISTRY
 
 from push_relay import config
 from push_relay.backends import Clients
-from push_relay.backends.apns import ApnsBackend, Verdict, classify
+from push_relay.backends.apns import TOKEN_LIFETIME, ApnsBackend, Verdict, classify
 from push_relay.errors import ConfigError, FailureKind
 from push_relay.request import ApnsTarget
 from push_relay.testing import apns_sim
-from push_relay.testing.apns_sim import (
-    DROP,
-    ApnsKey,
-    ApnsSimulator,
-    Step,
-    generate_key,
-)
+from push_relay.testing.apns_auth import ApnsKey, generate_key
+from push_relay.testing.apns_sim import DROP, ApnsSimulator, Step
 from push_relay.testing.ca import TestCA
 from push_relay.testing.relay import RunningRelay
 
@@ -488,6 +484,46 @@ async def test_simulator_refuses_a_token_signed_by_another_key(
 
     assert 502 == answer.status
     assert [(403, "InvalidProviderToken")] == [(r.status, r.reason) for r in production.requests]
+
+
+async def test_a_second_relay_with_its_own_token_is_refused_within_20_minutes(
+    start_relay: RelayStarter,
+    relay: RunningRelay,
+    apns_key: ApnsKey,
+    production: ApnsSimulator,
+    sandbox: ApnsSimulator,
+    clock: FakeClock,
+) -> None:
+    """Why tokens are never renewed early: APNs answers TooManyProviderTokenUpdates."""
+    assert 204 == (await relay.push(apns_push())).status
+    clock.advance(19 * 60)
+    toml = apns_key.config_toml(production.url, sandbox.url)
+
+    async with start_relay(toml, clients=Clients(clock=clock)) as second:
+        answer = await second.push(apns_push())
+
+    assert 502 == answer.status
+    assert [(200, None), (429, "TooManyProviderTokenUpdates")] == [
+        (r.status, r.reason) for r in production.requests
+    ]
+
+
+def auth_refreshes(result: str) -> float:
+    labels = {"backend": "apns", "result": result}
+    return REGISTRY.get_sample_value("push_relay_auth_refreshes_total", labels) or 0.0
+
+
+async def test_signing_a_provider_token_is_counted_once_per_token(
+    relay: RunningRelay, clock: FakeClock
+) -> None:
+    before = auth_refreshes("ok")
+
+    for _ in range(3):
+        assert 204 == (await relay.push(apns_push())).status
+    clock.advance(TOKEN_LIFETIME)
+    assert 204 == (await relay.push(apns_push())).status
+
+    assert 2 == auth_refreshes("ok") - before
 
 
 async def test_ready_reports_apns_and_signs_a_token(relay: RunningRelay) -> None:
