@@ -63,6 +63,14 @@ http {{
             add_header apns-id {apns_id} always;
             return 200 '';
         }}
+        location / {{ return 404; }}
+    }}
+    # tokens and nginx's counters on their own port, so that connections to the push port
+    # are the relay's push connections only
+    server {{
+        listen 127.0.0.1:{aux_port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
         location = {token_path} {{
             default_type application/json;
             return 200 '{token_response}';
@@ -100,7 +108,8 @@ class Nginx:
     """A running nginx master (and its worker) serving the FCM and APNs shapes."""
 
     directory: Path
-    port: int
+    port: int  # pushes (FCM and APNs shapes), HTTP/2 or HTTP/1.1
+    aux_port: int  # the OAuth token endpoint and nginx's status counters
     process: subprocess.Popen[bytes]
     ca: TestCA
 
@@ -110,7 +119,7 @@ class Nginx:
 
     @property
     def token_uri(self) -> str:
-        return self.url + TOKEN_PATH
+        return f"https://127.0.0.1:{self.aux_port}{TOKEN_PATH}"
 
     @property
     def access_log(self) -> Path:
@@ -123,7 +132,8 @@ class Nginx:
     def accepted_connections(self) -> int:
         """nginx's `accepts` counter: every TCP connection it has accepted so far."""
         context = ssl.create_default_context(cafile=str(self.ca.ca_file))
-        with urllib.request.urlopen(self.url + STATUS_PATH, context=context, timeout=5) as answer:
+        url = f"https://127.0.0.1:{self.aux_port}{STATUS_PATH}"
+        with urllib.request.urlopen(url, context=context, timeout=5) as answer:
             lines = answer.read().decode().splitlines()
         # "Active connections: N" / "server accepts handled requests" / " A H R" / ...
         return int(lines[2].split()[0])
@@ -143,11 +153,14 @@ def start_nginx(ca: TestCA, directory: Path, *, log_requests: bool = False) -> N
     """Start nginx on a free loopback port; returns once it accepts TLS connections."""
     require_tools("nginx")
     directory.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port, aux_port = free_port(), free_port()
+    while aux_port == port:
+        aux_port = free_port()
     access_log = f"{directory}/access.log bench buffer=64k flush=100ms" if log_requests else "off"
     conf = _CONF.format(
         dir=directory,
         port=port,
+        aux_port=aux_port,
         access_log=access_log,
         cert=ca.directory / "server.pem",
         key=ca.directory / "server-key.pem",
@@ -167,7 +180,7 @@ def start_nginx(ca: TestCA, directory: Path, *, log_requests: bool = False) -> N
             stdout=subprocess.DEVNULL,
             stderr=stderr,
         )
-    nginx = Nginx(directory, port, process, ca)
+    nginx = Nginx(directory, port, aux_port, process, ca)
     try:
         _wait_listening(nginx)
     except BaseException:

@@ -124,7 +124,8 @@ def render(results: dict[str, Any]) -> str:
     lines = [
         "# push-relay benchmark",
         "",
-        f"{s['cpus']} CPUs shared by relay, nginx and load generator; "
+        f"{s['cpus']} CPUs shared by relay, nginx and load generator "
+        f"(1-minute load average before the run: {s['loadavg']:.2f}); "
         f"{s['duration']:g} s per measurement; relay log level `{s['relay_log_level']}`; "
         f"total {results.get('seconds', 0):.0f} s.",
         "",

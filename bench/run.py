@@ -188,7 +188,8 @@ def run_all(args: Any, stack: ExitStack) -> dict[str, Any]:
     nginx = start_nginx(ca, workdir / "nginx")
     stack.callback(nginx.stop)
     bodies = {path: write_bodies(workdir / f"{path}.txt", path) for path in args.paths}
-    results: dict[str, Any] = {"settings": vars(args) | {"cpus": os.cpu_count()}, "relay": []}
+    machine = {"cpus": os.cpu_count(), "loadavg": os.getloadavg()[0]}
+    results: dict[str, Any] = {"settings": vars(args) | machine, "relay": []}
     print("ceilings ...", file=sys.stderr, flush=True)
     results["ceilings"] = ceilings(nginx, write_bodies(workdir / "ceiling.txt", "fcm"), args)
 
