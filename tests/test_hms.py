@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
+import aiohttp
 import pytest
 from prometheus_client import REGISTRY
 
@@ -453,3 +454,72 @@ async def test_sandbox_example_answers_204(
         await part.stop()
     assert [204] * len(part.examples) == [a.status for a in answers]
     assert '"wcs":"123deadbeef"' in caplog.text
+
+
+# -- the simulator itself behaves like Push Kit -----------------------------------------------
+
+
+async def sim_post(
+    test_ca: TestCA, url: str, data: str | bytes, headers: dict[str, str]
+) -> tuple[int, dict[str, object]]:
+    connector = aiohttp.TCPConnector(ssl=test_ca.client_context())
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        session.post(url, data=data, headers=headers) as response,
+    ):
+        return response.status, json.loads(await response.read())
+
+
+@pytest.mark.parametrize(
+    ("form_body", "error"),
+    [
+        pytest.param(f"grant_type=client_credentials&client_id={CLIENT_ID}&client_secret=x", 1101),
+        pytest.param(f"grant_type=client_credentials&client_id=1&client_secret={SECRET}", 1101),
+        pytest.param(f"grant_type=password&client_id={CLIENT_ID}&client_secret={SECRET}", 1102),
+    ],
+    ids=["bad-secret", "unknown-client", "bad-grant"],
+)
+async def test_simulated_token_endpoint_refuses_bad_credentials(
+    sim: HmsSimulator, test_ca: TestCA, form_body: str, error: int
+) -> None:
+    content_type = {"Content-Type": "application/x-www-form-urlencoded"}
+    status, body = await sim_post(test_ca, f"{sim.url}/oauth2/v3/token", form_body, content_type)
+    assert (400, error) == (status, body["error"])
+    assert {"error", "sub_error", "error_description"} == set(body)
+
+
+GOOD = {"data": "{}", "android": {"urgency": "NORMAL", "ttl": "90s"}, "token": ["t"]}
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        pytest.param({**GOOD, "data": {"wcs": "s"}}, id="data-not-string"),
+        pytest.param({**GOOD, "token": []}, id="no-token"),
+        pytest.param({**GOOD, "token": "t"}, id="token-not-list"),
+        pytest.param({**GOOD, "android": {"urgency": "URGENT"}}, id="bad-urgency"),
+        pytest.param({**GOOD, "android": {"urgency": "NORMAL", "category": "VOIP"}}, id="voip"),
+        pytest.param({**GOOD, "android": {"ttl": 90}}, id="ttl-number"),
+        pytest.param({**GOOD, "android": {"ttl": "90"}}, id="ttl-no-unit"),
+        pytest.param({**GOOD, "tokens": ["t"]}, id="unknown-field"),
+    ],
+)
+async def test_simulated_push_kit_refuses_malformed_messages(
+    start_relay: RelayStarter, sim: HmsSimulator, test_ca: TestCA, message: dict[str, object]
+) -> None:
+    async with start_relay(hms_section(sim.url)) as relay:
+        assert 204 == (await relay.push(form())).status  # obtains a valid access token
+    bearer = sim.requests_to("messages:send")[0].headers["authorization"]
+    headers = {"Authorization": bearer, "Content-Type": "application/json"}
+    url = f"{sim.url}/v1/{CLIENT_ID}/messages:send"
+    status, body = await sim_post(test_ca, url, json.dumps({"message": message}), headers)
+    assert (400, "80100003") == (status, body["code"])
+
+
+async def test_simulated_push_kit_refuses_unknown_bearer(
+    sim: HmsSimulator, test_ca: TestCA
+) -> None:
+    headers = {"Authorization": "Bearer forged", "Content-Type": "application/json"}
+    url = f"{sim.url}/v1/{CLIENT_ID}/messages:send"
+    status, body = await sim_post(test_ca, url, json.dumps({"message": GOOD}), headers)
+    assert (401, "80200003") == (status, body["code"])

@@ -15,8 +15,10 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from urllib.parse import parse_qsl
 
+import aiohttp
+import nacl.utils
 import pytest
-from nacl.public import PrivateKey
+from nacl.public import Box, PrivateKey
 
 from push_relay import config
 from push_relay.backends import Clients
@@ -374,4 +376,57 @@ async def test_sandbox_example_answers_204(
     finally:
         await part.stop()
     assert [204] * len(part.examples) == [a.status for a in answers]
-    assert '"wcs": "123deadbeef"' in caplog.text
+    assert '"wcs":"123deadbeef"' in caplog.text
+
+
+# -- the simulated phone checks what it decrypts ---------------------------------------------
+
+
+async def post_box(
+    test_ca: TestCA, sim: GatewaySimulator, relay_key: PrivateKey, plaintext: bytes, **extra: str
+) -> int:
+    box = Box(relay_key, sim.recipients[RECIPIENT].public_key)
+    nonce = nacl.utils.random(Box.NONCE_SIZE)
+    fields = {
+        "secret": SECRET,
+        "from": IDENTITY,
+        "to": RECIPIENT,
+        "nonce": nonce.hex(),
+        "box": box.encrypt(plaintext, nonce).ciphertext.hex(),
+    }
+    fields.update(extra)
+    connector = aiohttp.TCPConnector(ssl=test_ca.client_context())
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        session.post(f"{sim.url}/send_e2e", data=fields) as response,
+    ):
+        return response.status
+
+
+@pytest.mark.parametrize(
+    ("plaintext", "extra", "status"),
+    [
+        pytest.param(b'\xfe{"wcs":"s","wct":1,"wcv":3}\x01', {}, 200, id="good"),
+        pytest.param(b'\xfe{"wcs":"s"}\x03\x03\x03', {}, 200, id="longer-padding"),
+        pytest.param(b'\x01{"wcs":"s"}\x01', {}, 400, id="wrong-type"),
+        pytest.param(b'\xfe{"wcs":"s"}', {}, 400, id="no-padding"),
+        pytest.param(b'\xfe{"wcs":"s"}\x02\x01', {}, 400, id="bad-padding"),
+        pytest.param(b"\xfe{wcs}\x01", {}, 400, id="not-json"),
+        pytest.param(b"\xfe[1]\x01", {}, 400, id="not-object"),
+        pytest.param(b"\xfe{}\x01", {"secret": "wrong"}, 401, id="bad-secret"),
+        pytest.param(b"\xfe{}\x01", {"from": "*OTHERID"}, 401, id="bad-from"),
+        pytest.param(b"\xfe{}\x01", {"to": "NOBODY00"}, 400, id="unknown-recipient"),
+        pytest.param(b"\xfe{}\x01", {"nonce": "ab"}, 400, id="short-nonce"),
+        pytest.param(b"\xfe" + b" " * 7000 + b"{}\x01", {}, 413, id="too-long"),
+    ],
+)
+async def test_simulated_gateway_and_phone(
+    sim: GatewaySimulator,
+    test_ca: TestCA,
+    relay_key: tuple[Path, PrivateKey],
+    plaintext: bytes,
+    extra: dict[str, str],
+    status: int,
+) -> None:
+    assert status == await post_box(test_ca, sim, relay_key[1], plaintext, **extra)
+    assert (1 if status == 200 else 0) == len(sim.deliveries)

@@ -174,7 +174,7 @@ async def sandbox_part(ca: TestCA, workdir: Path) -> SandboxPart:
             delivery.message_id,
             delivery.sender,
             delivery.recipient,
-            json.dumps(delivery.payload),
+            delivery.plaintext[1 : -delivery.plaintext[-1]].decode(),
         )
 
     simulator.on_delivery = show
