@@ -26,6 +26,8 @@ from push_relay.config import InfluxConfig
 from push_relay.influxdb import InfluxSink, escape_tag
 from push_relay.relay import Outcome
 from push_relay.request import ApnsTarget, FcmTarget, GatewayTarget, HmsTarget, PushRequest
+from push_relay.testing.ca import TestCA
+from push_relay.testing.hms_sim import HmsSimulator
 from push_relay.testing.relay import RunningRelay
 
 pytestmark = pytest.mark.influxdb
@@ -149,6 +151,31 @@ async def test_every_push_type_and_both_outcomes_are_recorded(
     assert 8 == len(points)
     assert {socket.gethostname()} == {p["host"] for p in points}
     assert {1} == {p["value"] for p in points}
+
+
+async def test_real_hms_backend_records_delivered_and_unknown_app(
+    start_relay: Any, influx: InfluxServer, db: str, test_ca: TestCA
+) -> None:
+    """Through the HMS backend and its simulator: a delivered push is success=true, a push
+    for an app id that is not configured still writes its point, with success=false."""
+    sim = HmsSimulator(test_ca)
+    sim.add_app("104455555", "client-secret")
+    await sim.start()
+    hms = (
+        '[hms.104455555]\nclient_id = "104455555"\nclient_secret = "client-secret"\n'
+        f'login_endpoint = "{sim.url}"\npush_endpoint = "{sim.url}"\n'
+    )
+    try:
+        async with start_relay(influx.config_toml(db) + hms) as relay:
+            delivered = await relay.push(form("hms", 11) | {"appid": "104455555"})
+            unknown = await relay.push(form("hms", 12) | {"appid": "999"})
+    finally:
+        await sim.stop()
+    assert (204, 400) == (delivered.status, unknown.status)
+    points = await rows(influx, "SELECT * FROM push", db)
+    assert [("hms", "11", "true"), ("hms", "12", "false")] == [
+        (p["type"], p["version"], p["success"]) for p in points
+    ]
 
 
 async def test_validation_failures_write_no_point(
