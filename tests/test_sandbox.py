@@ -1,0 +1,136 @@
+"""`push-relay sandbox` as a user meets it: run it, paste every printed curl command, stop it.
+
+Each push service whose simulator exists (`push_relay/testing/<name>_sim.py`) must appear in
+the sandbox with an example, and every example must be answered 204 and be delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+import push_relay.testing
+
+SIMULATOR_TYPES = {"fcm": "fcm", "apns": "apns", "hms": "hms", "gateway": "threema-gateway"}
+CURL = re.compile(
+    r'^curl -i -X POST -H "Origin: https://localhost" (?P<url>http://\S+/push) \\\n'
+    r'  -d "(?P<body>[^"]+)"$',
+    re.MULTILINE,
+)
+BANNER_END = "Stop with Ctrl-C."
+
+
+def simulated_types() -> set[str]:
+    """The push types that have a simulator module today."""
+    directory = Path(push_relay.testing.__file__).parent
+    names = {path.stem.removesuffix("_sim") for path in directory.glob("*_sim.py")}
+    unknown = names - SIMULATOR_TYPES.keys()
+    assert not unknown, f"simulator modules without a known push type: {unknown}"
+    return {SIMULATOR_TYPES[name] for name in names}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def read_banner(stdout: asyncio.StreamReader) -> str:
+    lines = []
+    async with asyncio.timeout(30):
+        while BANNER_END not in lines[-1:]:
+            line = await stdout.readline()
+            if not line:
+                raise AssertionError("the sandbox exited before printing its examples")
+            lines.append(line.decode().rstrip("\n"))
+    return "\n".join(lines)
+
+
+async def collect(stream: asyncio.StreamReader, into: list[str]) -> None:
+    async for line in stream:
+        into.append(line.decode().rstrip("\n"))
+
+
+async def test_every_printed_example_is_answered_204_and_delivered() -> None:
+    address = f"127.0.0.1:{free_port()}"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "push_relay",
+        "sandbox",
+        "-l",
+        address,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    log_lines: list[str] = []
+    log_reader = asyncio.create_task(collect(process.stderr, log_lines))
+    try:
+        banner = await read_banner(process.stdout)
+        examples = [(m["url"], m["body"]) for m in CURL.finditer(banner)]
+
+        assert f"listening on http://{address}" in banner
+        assert {f"http://{address}/push"} == {url for url, _ in examples}
+        types = {
+            dict(pair.split("=", 1) for pair in body.split("&"))["type"] for _, body in examples
+        }
+        assert simulated_types() <= types, banner
+        statuses: list[int] = []
+        async with aiohttp.ClientSession() as session:
+            for url, body in examples:
+                async with session.post(
+                    url,
+                    data=body,
+                    headers={
+                        "Content-Type": "application/x-www-form-urlencoded",  # what curl -d sends
+                        "Origin": "https://localhost",
+                    },
+                ) as response:
+                    statuses.append(response.status)
+        assert [204] * len(examples) == statuses, examples
+
+        process.send_signal(signal.SIGINT)
+        async with asyncio.timeout(30):
+            await process.wait()
+            await log_reader
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        log_reader.cancel()
+
+    assert process.returncode == 0, "\n".join(log_lines)
+    assert not [line for line in log_lines if "Traceback" in line or " ERROR " in line]
+    deliveries = [line for line in log_lines if " push_relay.sandbox: " in line]
+    assert len(examples) == len(deliveries), "\n".join(log_lines)
+    assert all("123deadbeef" in line for line in deliveries)
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1", "127.0.0.1:99999"])
+async def test_bad_listen_address_is_a_clear_error(listen: str) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "push_relay",
+        "sandbox",
+        "-l",
+        listen,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(30):
+        stdout, stderr = await process.communicate()
+    assert process.returncode == 2
+    assert stdout == b""
+    assert [f"push-relay: invalid listen address {listen!r}"] == [
+        line.split(": expected")[0] for line in stderr.decode().splitlines()
+    ]
