@@ -174,6 +174,7 @@ class InfluxServer:
             except OSError:
                 pass
             time.sleep(0.05)
+        self.stop()  # a fixture that fails in set-up is never torn down
         pytest.fail(f"influxd did not answer /ping within {timeout} s")
 
     # -- InfluxQL ---------------------------------------------------------------------------
