@@ -32,6 +32,8 @@ SUCCESS = "80000000"
 INVALID_TOKEN_CODES = frozenset({"80100000", "80300007"})  # some / all tokens invalid
 INTERNAL_ERROR_CODE = "81000001"
 AUTH_ERROR_CODES = frozenset({"80200001", "80200003"})  # authentication error / token expired
+# connect, TLS, reset, timeout: the original answers 400 for a send and 500 for a token fetch
+TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +179,8 @@ class HmsBackend:
         assert isinstance(target, HmsTarget)
         config = self.configs.get(target.app_id)
         if config is None:
-            raise PushFailed(FailureKind.CLIENT, "unknown_app", "no [hms] section for this appid")
+            detail = f"no [hms.<app-id>] section for appid {target.app_id[:64]!r}"
+            raise PushFailed(FailureKind.CLIENT, "unknown_app", detail)
         body = message_body(push, target.token, config.high_priority, self.clients.clock())
         key = _token_key(config)
         token = await self._token(config)
@@ -187,12 +190,8 @@ class HmsBackend:
             "Content-Type": "application/json; charset=UTF-8",
         }
         try:
-            async with self.clients.http.post(
-                url, data=body, headers=headers, timeout=self.timeout
-            ) as response:
-                status = response.status
-                answer = await response.read()
-        except (aiohttp.ClientError, TimeoutError) as err:
+            status, answer = await self._post(url, data=body, headers=headers)
+        except TRANSPORT_ERRORS as err:
             raise PushFailed(
                 FailureKind.CLIENT, "send_error", f"could not send: {type(err).__name__}"
             ) from None
@@ -223,15 +222,16 @@ class HmsBackend:
         }
         url = f"{config.login_endpoint}/oauth2/v3/token"
         try:
-            async with self.clients.http.post(url, data=form, timeout=self.timeout) as response:
-                status = response.status
-                answer = await response.read()
-        except (aiohttp.ClientError, TimeoutError) as err:
+            status, answer = await self._post(url, data=form)
+        except TRANSPORT_ERRORS as err:
             raise PushFailed(
                 FailureKind.INTERNAL, "auth_failed", f"token request failed: {type(err).__name__}"
             ) from None
-        token = parse_token(status, answer, self.clients.clock())
-        return token
+        return parse_token(status, answer, self.clients.clock())
+
+    async def _post(self, url: str, **kwargs: Any) -> tuple[int, bytes]:
+        async with self.clients.http.post(url, timeout=self.timeout, **kwargs) as response:
+            return response.status, await response.read()
 
     async def check_ready(self) -> dict[str, Readiness]:
         """Ready when an access token can be obtained (a cached one counts)."""
