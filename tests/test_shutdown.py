@@ -36,13 +36,6 @@ async def push(session: aiohttp.ClientSession, url: str, form: dict[str, str]) -
         return response.status
 
 
-async def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:  # noqa: ASYNC109
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
 async def test_signal_during_slow_pushes_answers_all_of_them_and_exits_0(
     slow_gateway: GatewayRig, tmp_path: Path, sig: signal.Signals
@@ -56,7 +49,7 @@ async def test_signal_during_slow_pushes_answers_all_of_them_and_exits_0(
                 asyncio.create_task(push(session, relay.url, slow_gateway.push(f"session{i}")))
                 for i in range(IN_FLIGHT)
             ]
-            await wait_for(lambda: slow_gateway.simulator.arrived == IN_FLIGHT)
+            await slow_gateway.simulator.wait_arrived(IN_FLIGHT)
             relay.send_signal(sig)
             await asyncio.sleep(0.3)
             with pytest.raises(aiohttp.ClientConnectionError):
@@ -82,7 +75,7 @@ async def test_pushes_slower_than_the_grace_period_get_503_and_do_not_hold_the_e
     try:
         async with aiohttp.ClientSession() as session:
             stuck = asyncio.create_task(push(session, relay.url, rig.push()))
-            await wait_for(lambda: rig.simulator.arrived == 1)
+            await rig.simulator.wait_arrived(1)
             started = time.monotonic()
             relay.send_signal(signal.SIGTERM)
             assert 0 == await relay.wait(timeout=15)
@@ -101,7 +94,7 @@ async def test_embedded_server_stop_lets_in_flight_pushes_finish(
     try:
         async with start_relay(rig.section) as relay:
             pushes = [asyncio.create_task(relay.push(rig.push(f"s{i}"))) for i in range(5)]
-            await wait_for(lambda: rig.simulator.arrived == 5)
+            await rig.simulator.wait_arrived(5)
             relay.server.should_exit = True
             answers = await asyncio.gather(*pushes)
             assert [204] * 5 == [answer.status for answer in answers]

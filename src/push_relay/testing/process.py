@@ -99,12 +99,21 @@ class SlowGateway(GatewaySimulator):
         super().__init__(ca, identity=identity, secret=secret, identity_public_key=public_key)
         self.delay = delay
         self.arrived = 0  # requests received, answered or not
+        self._arrival = asyncio.Event()
+
+    async def wait_arrived(self, count: int, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+        """Until `count` requests have arrived (and are being delayed)."""
+        async with asyncio.timeout(timeout):
+            while self.arrived < count:
+                self._arrival.clear()
+                await self._arrival.wait()
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post("/send_e2e", self._slow_send)]
 
     async def _slow_send(self, request: web.Request) -> web.Response:
         self.arrived += 1
+        self._arrival.set()
         await asyncio.sleep(self.delay)
         return await self._send_e2e(request)
 

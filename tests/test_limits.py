@@ -1,0 +1,150 @@
+"""Limits that protect the relay: body size, slow clients, pushes in flight."""
+
+# ruff: noqa: SIM300  -- the house style puts the expected value first in asserts
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from push_relay.testing.ca import TestCA
+from push_relay.testing.process import GatewayRig, start_gateway
+from push_relay.testing.relay import RunningRelay
+
+RelayStarter = Callable[..., AbstractAsyncContextManager[RunningRelay]]
+PUSH = "token=t&session=s&version=3"
+
+
+@pytest.fixture
+async def gateway(test_ca: TestCA, tmp_path: Path) -> AsyncIterator[GatewayRig]:
+    rig = await start_gateway(test_ca, tmp_path)
+    yield rig
+    await rig.simulator.stop()
+
+
+async def raw_connection(relay: RunningRelay) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    url = urlsplit(relay.url)
+    assert url.hostname is not None and url.port is not None
+    return await asyncio.open_connection(url.hostname, url.port)
+
+
+async def read_until_closed(reader: asyncio.StreamReader, timeout: float = 5.0) -> bytes:  # noqa: ASYNC109
+    return await asyncio.wait_for(reader.read(), timeout)
+
+
+# -- body size -------------------------------------------------------------------------------
+
+
+async def test_body_over_4_kib_is_refused_with_413(relay: RunningRelay) -> None:
+    answer = await relay.push(PUSH + "&affiliation=" + "a" * 4096)
+    assert 413 == answer.status
+    assert "Request body too large" == answer.text
+    assert "close" == answer.headers["connection"]
+
+
+async def test_body_of_exactly_4_kib_is_read(relay: RunningRelay) -> None:
+    body = PUSH + "&affiliation="
+    answer = await relay.push(body + "a" * (4096 - len(body)))
+    assert 400 == answer.status
+    assert "Push not successful" == answer.text  # validated: only the backend is missing
+
+
+async def test_chunked_body_growing_over_4_kib_is_refused_with_413(relay: RunningRelay) -> None:
+    reader, writer = await raw_connection(relay)
+    writer.write(
+        b"POST /push HTTP/1.1\r\nHost: relay\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    for _ in range(5):
+        writer.write(b"400\r\n" + b"a" * 0x400 + b"\r\n")
+        await writer.drain()
+    response = await read_until_closed(reader)
+    writer.close()
+    assert response.startswith(b"HTTP/1.1 413 ")
+
+
+# -- slow clients ----------------------------------------------------------------------------
+
+
+async def test_body_slower_than_body_timeout_is_answered_408(start_relay: RelayStarter) -> None:
+    async with start_relay("[server]\nbody_timeout_secs = 0.3\n") as relay:
+        reader, writer = await raw_connection(relay)
+        writer.write(
+            b"POST /push HTTP/1.1\r\nHost: relay\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\n"
+            b"token=t&"
+        )
+        started = time.monotonic()
+        response = await read_until_closed(reader)
+        writer.close()
+    assert response.startswith(b"HTTP/1.1 408 ")
+    assert response.endswith(b"Request body timed out")
+    assert 0.25 < time.monotonic() - started < 3
+
+
+async def test_headers_slower_than_header_timeout_are_answered_408(
+    start_relay: RelayStarter,
+) -> None:
+    async with start_relay("[server]\nheader_timeout_secs = 0.3\n") as relay:
+        reader, writer = await raw_connection(relay)
+        writer.write(b"POST /push HTTP/1.1\r\nHost: relay\r\nContent-Type: appl")
+        started = time.monotonic()
+        response = await read_until_closed(reader)
+        writer.close()
+    assert response.startswith(b"HTTP/1.1 408 ")
+    assert response.endswith(b"Request header timed out")
+    assert 0.25 < time.monotonic() - started < 3
+
+
+async def test_connection_that_never_sends_is_closed_after_header_timeout(
+    start_relay: RelayStarter,
+) -> None:
+    async with start_relay("[server]\nheader_timeout_secs = 0.3\n") as relay:
+        reader, writer = await raw_connection(relay)
+        started = time.monotonic()
+        response = await read_until_closed(reader)
+        writer.close()
+    assert b"" == response
+    assert 0.25 < time.monotonic() - started < 3
+
+
+async def test_header_timeout_restarts_for_each_request_on_a_kept_alive_connection(
+    start_relay: RelayStarter,
+) -> None:
+    async with start_relay("[server]\nheader_timeout_secs = 0.5\n") as relay:
+        reader, writer = await raw_connection(relay)
+        for _ in range(3):  # 3 x 0.3 s on one connection: longer than one header timeout
+            await asyncio.sleep(0.3)
+            writer.write(b"GET /health HTTP/1.1\r\nHost: relay\r\n\r\n")
+            status = await reader.readline()
+            assert b"HTTP/1.1 200 OK\r\n" == status
+            await reader.readuntil(b"\r\n\r\nok")
+        writer.close()
+
+
+# -- pushes in flight ------------------------------------------------------------------------
+
+
+async def test_pushes_beyond_max_in_flight_get_503_with_retry_after(
+    start_relay: RelayStarter, gateway: GatewayRig
+) -> None:
+    gateway.simulator.delay = 0.5
+    async with start_relay(f"[server]\nmax_in_flight = 2\n\n{gateway.section}") as relay:
+        first = [asyncio.create_task(relay.push(gateway.push())) for _ in range(2)]
+        await gateway.simulator.wait_arrived(2)
+        refused = await relay.push(gateway.push())
+        answers = await asyncio.gather(*first)
+        gateway.simulator.delay = 0
+        after = await relay.push(gateway.push())
+
+    assert 503 == refused.status
+    assert "1" == refused.headers["retry-after"]
+    assert "Push not successful" == refused.text
+    assert [204, 204] == [answer.status for answer in answers]
+    assert 204 == after.status
+    assert 3 == gateway.simulator.arrived  # the refused push never reached the gateway
