@@ -351,6 +351,21 @@ async def test_token_revoked_by_push_kit_answers_500_then_recovers(
     assert 2 == sim.token_requests
 
 
+async def test_token_expired_at_push_kit_is_not_reused(
+    start_relay: RelayStarter, sim: HmsSimulator, clock: FakeClock
+) -> None:
+    """Push Kit's clock ran past the token's expiry (HTTP 401, 80200003): the next push
+    fetches a new token although the relay's own clock says the old one is still good."""
+    sim_clock = FakeClock()
+    sim.clock = sim_clock
+    async with start_relay(hms_section(sim.url), clients=Clients(clock=clock)) as relay:
+        assert 204 == (await relay.push(form())).status
+        sim_clock.now = NOW + 3600
+        assert 500 == (await relay.push(form())).status
+        assert 204 == (await relay.push(form())).status
+    assert 2 == sim.token_requests
+
+
 @pytest.mark.parametrize(
     "reply",
     [
