@@ -6,8 +6,8 @@ process (uvloop) so that the two never share state. Prints req/s and client CPU 
 
     uv run python bench/h2_clients.py [--requests 40000] [--rounds 3]
 
-`jh2` has the same API as `h2` under another name; its run maps the `h2` module names onto
-it before `push_relay.http2` is imported.
+`jh2` has the same API as `h2` under another name; `push_relay.http2` imports `jh2`, so the
+`h2` run maps the `jh2` module names onto `h2` before importing it.
 """
 
 from __future__ import annotations
@@ -42,13 +42,12 @@ _BODY = json.dumps(
 
 
 def use_library(name: str) -> None:
-    """Make `import h2.<module>` resolve to `name` (h2 itself, or the jh2 fork)."""
-    if name == "h2":
+    """Make `import jh2.<module>` resolve to `name` (the jh2 fork itself, or h2)."""
+    if name == "jh2":
         return
-    root = importlib.import_module(name)
-    sys.modules["h2"] = root
+    sys.modules["jh2"] = importlib.import_module(name)
     for module in _H2_MODULES:
-        sys.modules[f"h2.{module}"] = importlib.import_module(f"{name}.{module}")
+        sys.modules[f"jh2.{module}"] = importlib.import_module(f"{name}.{module}")
 
 
 async def measure(url: str, cafile: str, requests: int) -> dict[str, float]:
