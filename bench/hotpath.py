@@ -1,6 +1,6 @@
 """Profile the relay's hot path: py-spy samples one worker while wrk drives it at peak.
 
-    uv run --with py-spy python bench/profile.py --path fcm --seconds 10
+    uv run --with py-spy python bench/hotpath.py --path fcm --seconds 10
 
 Starts nginx and a one-worker relay like run.py does, runs wrk against it, records the
 relay with `py-spy record --format raw` (collapsed stacks; --native to see C frames) and
@@ -31,6 +31,27 @@ from push_relay.testing.ca import TestCA
 HERE = Path(__file__).resolve().parent
 
 
+# (label, substring of a frame's file) for the own-time split by component; first match wins
+COMPONENTS = (
+    ("h2 + hpack (HTTP/2 framing, header coding)", ("h2/", "hpack/")),
+    ("uvicorn (HTTP/1.1 server; includes its socket writes)", ("uvicorn/",)),
+    ("logging (one line per push)", ("logging/",)),
+    ("json", ("json/",)),
+    ("prometheus_client (metrics)", ("prometheus_client/",)),
+    ("ssl", ("ssl.py",)),
+    ("asyncio / uvloop", ("asyncio/", "uvloop/")),
+    ("jwt / cryptography", ("jwt/", "cryptography/")),
+    ("push_relay (our code; includes its socket writes)", ("push_relay/",)),
+)
+
+
+def component(frame: str) -> str:
+    for label, markers in COMPONENTS:
+        if any(m in frame for m in markers):
+            return label
+    return "other"
+
+
 def summarize(stacks: Path, top: int) -> str:
     """Top functions by own and inclusive share of samples, from py-spy's raw output."""
     own: Counter[str] = Counter()
@@ -47,7 +68,12 @@ def summarize(stacks: Path, top: int) -> str:
             own[frames[-1]] += count
         for frame in set(frames):
             inclusive[frame] += count
-    lines = [f"{total} samples"]
+    by_component: Counter[str] = Counter()
+    for frame, count in own.items():
+        by_component[component(frame)] += count
+    lines = [f"{total} samples", "", "own time by component:"]
+    for label, count in by_component.most_common():
+        lines.append(f"  {count / total:6.1%}  {label}")
     for title, counter in (("own time", own), ("inclusive", inclusive)):
         lines += ["", f"top {top} by {title}:"]
         for frame, count in counter.most_common(top):
