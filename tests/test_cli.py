@@ -257,3 +257,16 @@ def test_started_relay_answers_on_its_listen_address_and_stops_on_sigterm(
     assert process.returncode == 0, stderr
     assert "unknown key [server.max_in_flght] is ignored" in stderr
     assert "Traceback" not in stderr
+
+
+def test_address_in_use_exits_1_with_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "relay.toml"
+    path.write_text("[server]\n")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = push_relay("-c", str(path), "-l", f"127.0.0.1:{port}")
+    assert result.returncode == 1
+    assert "address already in use" in result.stderr
+    assert "Traceback" not in result.stderr
