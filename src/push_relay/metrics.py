@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
+    CONTENT_TYPE_PLAIN_0_0_4,
     REGISTRY,
     CollectorRegistry,
     Counter,
@@ -21,7 +21,8 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+# the classic text format every Prometheus version reads (and what generate_latest writes)
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
 REQUESTS = Counter(
     "push_relay_requests",
