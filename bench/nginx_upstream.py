@@ -82,17 +82,21 @@ http {{
 """
 
 
-class NginxMissing(RuntimeError):
+class ToolMissing(RuntimeError):
     pass
+
+
+_PACKAGES = {"nginx": "nginx", "wrk": "wrk", "ss": "iproute2"}
 
 
 def require_tools(*names: str) -> None:
     """Fail loudly (never skip) when a Debian package the benchmark needs is missing."""
     missing = [n for n in names if shutil.which(n) is None]
     if missing:
-        raise NginxMissing(
-            f"missing {', '.join(missing)}: install the Debian packages "
-            f"with `apt-get install -y {' '.join(missing)}`"
+        packages = " ".join(_PACKAGES.get(n, n) for n in missing)
+        raise ToolMissing(
+            f"the benchmark needs {', '.join(missing)}: install the Debian packages "
+            f"with `apt-get install -y {packages}`"
         )
 
 
