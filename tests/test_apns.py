@@ -25,6 +25,7 @@ from push_relay import config
 from push_relay.backends import Clients
 from push_relay.backends.apns import TOKEN_LIFETIME, ApnsBackend, Verdict, classify
 from push_relay.errors import ConfigError, FailureKind
+from push_relay.http2 import H2Client
 from push_relay.request import ApnsTarget
 from push_relay.testing import apns_sim
 from push_relay.testing.apns_auth import ApnsKey, generate_key
@@ -627,6 +628,140 @@ async def test_unreachable_apns_is_an_upstream_failure(
         answer = await relay.push(apns_push())
 
     assert 502 == answer.status
+
+
+# -- the simulator on its own ------------------------------------------------------------------
+
+
+def provider_token(key: ApnsKey, iat: int, kid: str | None = None) -> str:
+    claims = {"iss": key.team_id, "iat": iat}
+    return jwt.encode(claims, key.pem, algorithm="ES256", headers={"kid": kid or key.key_id})
+
+
+def direct_request(
+    key: ApnsKey, **changes: str | None
+) -> tuple[str, str, list[tuple[str, str]], bytes]:
+    """A valid APNs request, with `changes` applied (None removes a header)."""
+    fields: dict[str, str | None] = {
+        "method": "POST",
+        "path": f"/3/device/{DEVICE}",
+        "body": '{"aps":{"content-available":1}}',
+        "authorization": f"bearer {provider_token(key, 1_800_000_000)}",
+        "apns-topic": "com.example.app",
+        "apns-push-type": "alert",
+        "apns-priority": "10",
+        "apns-expiration": "0",
+    }
+    fields.update(changes)
+    method, path, body = (fields.pop(k) or "" for k in ("method", "path", "body"))
+    headers = [(k, v) for k, v in fields.items() if v is not None]
+    return method, path, headers, body.encode()
+
+
+REFUSALS = [
+    pytest.param({}, 200, None, id="valid"),
+    pytest.param({"method": "GET"}, 405, "MethodNotAllowed", id="get"),
+    pytest.param({"path": "/3/push/x"}, 404, "BadPath", id="bad-path"),
+    pytest.param({"authorization": None}, 403, "MissingProviderToken", id="no-token"),
+    pytest.param({"authorization": "bearer x.y.z"}, 403, "InvalidProviderToken", id="junk-token"),
+    pytest.param({"apns-topic": None}, 400, "MissingTopic", id="no-topic"),
+    pytest.param({"apns-push-type": "email"}, 400, "InvalidPushType", id="push-type"),
+    pytest.param({"apns-priority": "7"}, 400, "BadPriority", id="priority"),
+    pytest.param({"apns-expiration": "soon"}, 400, "BadExpirationDate", id="expiration"),
+    pytest.param({"apns-collapse-id": "c" * 65}, 400, "BadCollapseId", id="collapse-id-65"),
+    pytest.param({"apns-collapse-id": "c" * 64}, 200, None, id="collapse-id-64"),
+    pytest.param({"path": "/3/device/abc"}, 400, "BadDeviceToken", id="short-device-token"),
+    pytest.param({"path": "/3/device/"}, 400, "MissingDeviceToken", id="no-device-token"),
+    pytest.param({"body": ""}, 400, "PayloadEmpty", id="empty-payload"),
+    pytest.param({"body": "[1]"}, 400, "BadPayload", id="payload-not-an-object"),
+    pytest.param({"body": "{" + " " * 4094 + "}"}, 200, None, id="payload-4096"),
+    pytest.param({"body": "{" + " " * 4095 + "}"}, 413, "PayloadTooLarge", id="payload-4097"),
+    pytest.param(
+        {"body": "{" + " " * 5118 + "}", "apns-push-type": "voip"}, 200, None, id="voip-5120"
+    ),
+    pytest.param(
+        {"body": "{" + " " * 5119 + "}", "apns-push-type": "voip"},
+        413,
+        "PayloadTooLarge",
+        id="voip-5121",
+    ),
+]
+
+
+@pytest.mark.parametrize(("changes", "status", "reason"), REFUSALS)
+async def test_simulator_refuses_what_apns_refuses(
+    production: ApnsSimulator,
+    apns_key: ApnsKey,
+    test_ca: TestCA,
+    changes: dict[str, str | None],
+    status: int,
+    reason: str | None,
+) -> None:
+    method, path, headers, body = direct_request(apns_key, **changes)
+    client = H2Client(production.url, test_ca.client_context(["h2"]))
+    try:
+        response = await client.request(method, path, headers, body)
+    finally:
+        await client.aclose()
+
+    assert status == response.status
+    assert response.headers["apns-id"]
+    if reason is None:
+        assert b"" == response.body
+    else:
+        assert {"reason": reason} == json.loads(response.body)
+
+
+async def test_simulator_checks_token_age_key_id_and_update_rate(
+    production: ApnsSimulator, apns_key: ApnsKey, test_ca: TestCA, clock: FakeClock
+) -> None:
+    client = H2Client(production.url, test_ca.client_context(["h2"]))
+
+    async def send(token: str) -> tuple[int, str]:
+        _, path, headers, body = direct_request(apns_key, authorization=f"bearer {token}")
+        response = await client.request("POST", path, headers, body)
+        return response.status, json.loads(response.body or b"{}").get("reason", "")
+
+    try:
+        first = provider_token(apns_key, 1_800_000_000)
+        answers = [
+            await send(provider_token(apns_key, 1_800_000_000, kid="OTHERKEYID")),
+            await send(provider_token(apns_key, 1_800_000_000 + 120)),  # from the future
+            await send(first),
+            await send(provider_token(apns_key, 1_800_000_000)),  # a second token, too soon
+        ]
+        clock.advance(20 * 60)
+        answers.append(await send(provider_token(apns_key, 1_800_000_000 + 20 * 60)))
+        clock.advance(60 * 60 + 1 - 20 * 60)
+        answers.append(await send(provider_token(apns_key, 1_800_000_000 + 20 * 60)))
+        answers.append(await send(first))  # now older than an hour
+    finally:
+        await client.aclose()
+
+    assert [
+        (403, "InvalidProviderToken"),
+        (403, "InvalidProviderToken"),
+        (200, ""),
+        (429, "TooManyProviderTokenUpdates"),
+        (200, ""),
+        (200, ""),
+        (403, "ExpiredProviderToken"),
+    ] == answers
+
+
+async def test_unregistered_answer_carries_a_timestamp_in_milliseconds(
+    production: ApnsSimulator, apns_key: ApnsKey, test_ca: TestCA
+) -> None:
+    production.script.set(DEVICE, Step(reason="Unregistered"))
+    method, path, headers, body = direct_request(apns_key)
+    client = H2Client(production.url, test_ca.client_context(["h2"]))
+    try:
+        response = await client.request(method, path, headers, body)
+    finally:
+        await client.aclose()
+
+    assert 410 == response.status
+    assert {"reason": "Unregistered", "timestamp": 1_800_000_000_250} == json.loads(response.body)
 
 
 # -- sandbox ----------------------------------------------------------------------------------

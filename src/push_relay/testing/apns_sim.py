@@ -213,7 +213,8 @@ class ApnsSimulator:
         body: dict[str, Any] = {"reason": reason}
         if status == 410:  # when APNs learned the token was no longer valid, in ms
             body["timestamp"] = int(self.clock() * 1000)
-        return H2Reply(status, [("apns-id", apns_id)], json.dumps(body).encode())
+        compact = json.dumps(body, separators=(",", ":")).encode()
+        return H2Reply(status, [("apns-id", apns_id)], compact)
 
     def _record(
         self,
