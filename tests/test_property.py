@@ -246,8 +246,12 @@ def rust_unsigned(text: str, bits: int) -> int | None:
     digits = digits.removeprefix("+")
     if not digits or any(c not in "0123456789" for c in digits):
         return None
-    value = int(digits)
-    return value if value < 1 << bits else None
+    value = 0
+    for digit in digits:  # Rust's checked multiply-and-add, one digit at a time
+        value = value * 10 + ord(digit) - ord("0")
+        if value >= 1 << bits:
+            return None
+    return value
 
 
 number_texts = st.one_of(
@@ -342,3 +346,21 @@ def test_a_missing_required_key_is_missing_parameters_unless_an_earlier_rule_fai
     with pytest.raises(InvalidRequest) as caught:
         validate(mixed)
     assert caught.value.body == InvalidRequest.MISSING
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param("0" * 5000 + "7", 7, id="thousands-of-leading-zeros"),
+        pytest.param("+" + "0" * 5000, 0, id="plus-and-zeros"),
+        pytest.param("9" * 5000, None, id="thousands-of-digits"),
+    ],
+)
+def test_very_long_numbers_are_parsed_without_crashing(text: str, expected: int | None) -> None:
+    """Python's int() refuses more than 4300 digits; Rust's parser counts only the value."""
+    assert expected == rust_unsigned(text, 16)
+    if expected is None:
+        with pytest.raises(InvalidRequest):
+            parse_unsigned(text, 16)
+    else:
+        assert expected == parse_unsigned(text, 16)

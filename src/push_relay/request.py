@@ -101,7 +101,12 @@ def parse_unsigned(text: str, bits: int) -> int:
     text = text.strip()
     if not _UNSIGNED.fullmatch(text):
         raise InvalidRequest(InvalidRequest.INVALID)
-    value = int(text)
+    # leading zeros are fine, as in Rust; too many digits must be refused before `int()`,
+    # which raises ValueError beyond 4300 digits
+    significant = text.removeprefix("+").lstrip("0")
+    if len(significant) > len(str(1 << bits)):
+        raise InvalidRequest(InvalidRequest.INVALID)
+    value = int(significant or "0")
     if value >= 1 << bits:
         raise InvalidRequest(InvalidRequest.INVALID)
     return value
