@@ -62,7 +62,9 @@ class Load:
     """Dispatches requests to idle connections and records how each one ended."""
 
     def __init__(self) -> None:
-        self.idle: list[_Connection] = []
+        # first in, first out: every connection stays busy enough that the server's
+        # keep-alive timeout never closes it
+        self.idle: deque[_Connection] = deque()
         self.waiting: deque[tuple[bytes, float, float]] = deque()
         self.latencies: list[float] = []
         self.schedule_latencies: list[float] = []
@@ -75,7 +77,7 @@ class Load:
         self.outstanding += 1
         self.all_answered.clear()
         if self.idle:
-            self.idle.pop().send(request, released, scheduled)
+            self.idle.popleft().send(request, released, scheduled)
         else:
             self.waiting.append((request, released, scheduled))
 
