@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
+import ctypes.util
 import dataclasses
 import logging
 import os
@@ -54,6 +56,7 @@ log = logging.getLogger("push_relay.workers")
 MAX_RESTARTS = 5
 RESTART_WINDOW_SECS = 60.0
 SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
+PR_SET_PDEATHSIG = 1
 
 
 def create_state_dir() -> Path:
@@ -138,6 +141,7 @@ class Supervisor:
         log.info("worker %d started (pid %d)", slot, pid)
 
     def _work(self, slot: int) -> int:
+        _stop_with_parent()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
         for index, sock in enumerate(self.sockets):
             if index != slot:
@@ -207,6 +211,13 @@ def worker_app(config: Config, token_dir: Path) -> PushRelayApp:
         return await Runtime.start(cfg, Clients(tokens=TokenCache(store=store)))
 
     return PushRelayApp(config, runtime_factory=start_runtime)
+
+
+def _stop_with_parent() -> None:
+    """Have the kernel send SIGTERM (drain) to this worker if the supervisor dies (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _mark_dead(pid: int) -> None:

@@ -83,6 +83,15 @@ class RelayProcess:
     def logs(self) -> str:
         return self.log_file.read_text(errors="replace")
 
+    async def stop(self) -> int:
+        """SIGTERM and wait for the exit status; kill only if it does not come."""
+        if self.process.poll() is None:
+            self.send_signal(signal.SIGTERM)
+        try:
+            return await self.wait(timeout=30)
+        finally:
+            self.kill()
+
     def kill(self) -> None:
         """Last resort after a failed test: this process only, by its PID."""
         if self.process.poll() is None:
@@ -99,6 +108,7 @@ class SlowGateway(GatewaySimulator):
         super().__init__(ca, identity=identity, secret=secret, identity_public_key=public_key)
         self.delay = delay
         self.arrived = 0  # requests received, answered or not
+        self.keep_alive = True
         self._arrival = asyncio.Event()
 
     async def wait_arrived(self, count: int, timeout: float = 10.0) -> None:  # noqa: ASYNC109
@@ -115,7 +125,10 @@ class SlowGateway(GatewaySimulator):
         self.arrived += 1
         self._arrival.set()
         await asyncio.sleep(self.delay)
-        return await self._send_e2e(request)
+        response = await self._send_e2e(request)
+        if not self.keep_alive:
+            response.force_close()
+        return response
 
 
 @dataclass
