@@ -9,12 +9,17 @@ oracle for what the server must answer: the front end may add nothing and lose n
 from __future__ import annotations
 
 import logging
-from urllib.parse import quote, quote_plus, urlencode
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from urllib.parse import parse_qsl, quote, quote_plus, urlencode
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from push_relay import sandbox
+from push_relay.backends import Clients
 from push_relay.errors import InvalidRequest
 from push_relay.request import (
     ApnsTarget,
@@ -25,7 +30,11 @@ from push_relay.request import (
     parse_unsigned,
     validate,
 )
+from push_relay.sandbox import SandboxPart
+from push_relay.testing.ca import TestCA
 from push_relay.testing.relay import RunningRelay
+
+RelayStarter = Callable[..., AbstractAsyncContextManager[RunningRelay]]
 
 FORM = "application/x-www-form-urlencoded"
 NOT_OK = "Push not successful"
@@ -364,3 +373,67 @@ def test_very_long_numbers_are_parsed_without_crashing(text: str, expected: int 
             parse_unsigned(text, 16)
     else:
         assert expected == parse_unsigned(text, 16)
+
+
+# -- through every simulated push service ----------------------------------------------------
+
+
+@pytest.fixture
+async def simulated_services(test_ca: TestCA, tmp_path: Path) -> AsyncIterator[list[SandboxPart]]:
+    """Every push service that has a simulator, set up as `push-relay sandbox` does."""
+    parts: list[SandboxPart] = []
+    try:
+        for start in sandbox.starters():
+            parts.append(await start(test_ca, tmp_path))
+        yield parts
+    finally:
+        for part in parts:
+            await part.stop()
+
+
+@pytest.fixture
+async def relay_with_services(
+    start_relay: RelayStarter, simulated_services: list[SandboxPart]
+) -> AsyncIterator[tuple[RunningRelay, list[dict[str, str]]]]:
+    toml = "".join(part.config_toml for part in simulated_services) or "[server]\n"
+    examples = [
+        dict(parse_qsl(body, keep_blank_values=True))
+        for part in simulated_services
+        for body in part.examples
+    ]
+    async with start_relay(toml, clients=Clients(backoff_base=0.001)) as relay:
+        yield relay, examples
+
+
+@HTTP_SETTINGS
+@given(
+    data=st.data(),
+    overrides=st.dictionaries(keys, values, max_size=3),
+    dropped=st.sets(st.sampled_from(KEYS), max_size=1),
+)
+async def test_any_push_to_a_real_backend_is_answered_without_a_crash(
+    relay_with_services: tuple[RunningRelay, list[dict[str, str]]],
+    caplog: pytest.LogCaptureFixture,
+    data: st.DataObject,
+    overrides: dict[str, str],
+    dropped: set[str],
+) -> None:
+    """A working example for each backend, mixed with arbitrary keys and values, reaches the
+    backend (with its real upstream round trip) and comes back as a documented answer."""
+    relay, examples = relay_with_services
+    assert examples, "no simulated push service: nothing reaches a backend"
+    params = {**data.draw(st.sampled_from(examples)), **overrides}
+    for key in dropped:
+        params.pop(key, None)
+
+    answer = await relay.push(params)
+
+    event(f"answered {answer.status}")
+    try:
+        validate(params)
+    except InvalidRequest as err:
+        assert (400, err.body) == (answer.status, answer.text)
+    else:
+        assert answer.status in (204, 400, 500, 502), answer
+        assert ("" if answer.status == 204 else NOT_OK) == answer.text
+    assert no_errors_logged(caplog) == []
