@@ -1,0 +1,151 @@
+"""Logs: one line per push, structured on request, never a token, secret or key."""
+
+# ruff: noqa: SIM300  -- the house style puts the expected value first in asserts
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from push_relay.testing.ca import TestCA
+from push_relay.testing.hms_sim import ALL_TOKENS_INVALID, HmsSimulator
+from push_relay.testing.process import GatewayRig, RelayProcess, start_gateway
+from push_relay.testing.relay import RunningRelay
+
+RelayStarter = Callable[..., AbstractAsyncContextManager[RunningRelay]]
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+APP = "104455555"
+SECRET = "hms-client-secret-never-logged"
+HASH_KEY = "log-hash-key-never-logged"
+DEVICES = ["dEvIcEtOkEn-ok-0123456789abcdef", "dEvIcEtOkEn-bad-0123456789abcdef"]
+SESSION = "0123456789abcdefSESSIONTAIL"
+
+
+def token_hash(token: str) -> str:
+    return hmac.new(HASH_KEY.encode(), token.encode(), hashlib.sha256).hexdigest()[:16]
+
+
+@pytest.fixture
+async def hms(test_ca: TestCA) -> AsyncIterator[HmsSimulator]:
+    simulator = HmsSimulator(test_ca)
+    simulator.add_app(APP, SECRET)
+    await simulator.start()
+    yield simulator
+    await simulator.stop()
+
+
+@pytest.fixture
+async def gateway(test_ca: TestCA, tmp_path: Path) -> AsyncIterator[GatewayRig]:
+    rig = await start_gateway(test_ca, tmp_path)
+    yield rig
+    await rig.simulator.stop()
+
+
+def config_text(hms: HmsSimulator, gateway: GatewayRig) -> str:
+    return (
+        f'[server]\nlog_hash_key = "{HASH_KEY}"\n\n{gateway.section}\n'
+        f'[hms.{APP}]\nclient_id = "{APP}"\nclient_secret = "{SECRET}"\n'
+        f'login_endpoint = "{hms.url}"\npush_endpoint = "{hms.url}"\n'
+    )
+
+
+async def run_pushes(
+    config: Path, gateway: GatewayRig, *args: str, env: dict[str, str] | None = None
+) -> str:
+    """Start the relay, send an HMS push that works, one the device refuses and a gateway
+    push, stop it with SIGTERM and return everything it logged."""
+    relay = await RelayProcess.start(config, *args, env=env)
+    try:
+        async with aiohttp.ClientSession() as session:
+            for token in DEVICES:
+                form = {"type": "hms", "appid": APP, "token": token}
+                form |= {"session": SESSION, "version": "3"}
+                async with session.post(relay.url + "/push", data=form, headers=FORM) as answer:
+                    await answer.read()
+            push = gateway.push(SESSION)
+            async with session.post(relay.url + "/push", data=push, headers=FORM) as answer:
+                assert 204 == answer.status
+        assert 0 == await relay.stop()
+    finally:
+        relay.kill()
+    return relay.logs()
+
+
+def secrets_of(hms: HmsSimulator, gateway: GatewayRig, config: Path) -> list[str]:
+    access_tokens = [
+        r.headers["authorization"].removeprefix("Bearer ")
+        for r in hms.requests_to("/messages:send")
+    ]
+    key_file = config.parent / "gateway.key"
+    gateway_key = key_file.read_text().strip().removeprefix("private:")
+    assert access_tokens and gateway_key
+    return [*DEVICES, SECRET, HASH_KEY, gateway.secret, gateway_key, *access_tokens]
+
+
+async def test_json_logs_have_one_line_per_push_and_no_secret(
+    hms: HmsSimulator, gateway: GatewayRig, tmp_path: Path
+) -> None:
+    hms.script.set(DEVICES[1], ALL_TOKENS_INVALID)
+    config = tmp_path / "relay.toml"
+    config.write_text(config_text(hms, gateway))
+
+    logs = await run_pushes(config, gateway, "--log-format", "json", "--workers", "2")
+
+    for secret in secrets_of(hms, gateway, config):
+        assert secret not in logs
+    entries = [json.loads(line) for line in logs.splitlines()]  # every line is JSON
+    pushes = [e for e in entries if e["logger"] == "push_relay.push"]
+    assert [
+        ("hms", 204, "delivered", token_hash(DEVICES[0])),
+        ("hms", 400, "invalid_token", token_hash(DEVICES[1])),
+        ("threemagateway", 204, "delivered", token_hash("ECHOECHO")),
+    ] == [(e["push_type"], e["outcome"], e["reason"], e["token_hash"]) for e in pushes]
+    for entry in pushes:
+        assert SESSION[:10] == entry["session"]
+        assert "info" == entry["level"]
+        assert isinstance(entry["duration_ms"], float)
+    assert 200 == pushes[1]["upstream_status"]  # Push Kit's HTTP status for a refused token
+    assert APP == pushes[0]["app"]
+
+
+async def test_log_level_from_environment_hides_push_lines(
+    hms: HmsSimulator, gateway: GatewayRig, tmp_path: Path
+) -> None:
+    config = tmp_path / "relay.toml"
+    config.write_text(config_text(hms, gateway))
+
+    quiet = await run_pushes(config, gateway, env={"LOG_LEVEL": "warning"})
+    loud = await run_pushes(config, gateway, "--log-level", "info", env={"LOG_LEVEL": "warning"})
+
+    assert "push type=" not in quiet
+    assert 3 == loud.count(" push type=")
+    assert f"session={SESSION[:10]} device={token_hash(DEVICES[0])}" in loud
+    assert SESSION not in loud  # only the session's first 10 characters
+
+
+async def test_upstream_detail_never_carries_the_device_token(
+    start_relay: RelayStarter,
+    hms: HmsSimulator,
+    gateway: GatewayRig,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Huawei lists refused tokens in its answer; the relay logs only hashes, at any level."""
+    hms.script.set(DEVICES[1], ALL_TOKENS_INVALID)
+    form = {"type": "hms", "appid": APP, "token": DEVICES[1], "session": SESSION, "version": "3"}
+    caplog.set_level(logging.DEBUG)
+    async with start_relay(config_text(hms, gateway)) as relay:
+        answers = await asyncio.gather(*(relay.push(form) for _ in range(3)))
+    assert [400] * 3 == [answer.status for answer in answers]
+    text = "\n".join(record.getMessage() for record in caplog.records)
+    assert 3 == text.count(f"device={token_hash(DEVICES[1])}")
+    assert DEVICES[1] not in text
+    assert SECRET not in text
