@@ -190,8 +190,10 @@ def run_all(args: Any, stack: ExitStack) -> dict[str, Any]:
     bodies = {path: write_bodies(workdir / f"{path}.txt", path) for path in args.paths}
     machine = {"cpus": os.cpu_count(), "loadavg": os.getloadavg()[0]}
     results: dict[str, Any] = {"settings": vars(args) | machine, "relay": []}
-    print("ceilings ...", file=sys.stderr, flush=True)
-    results["ceilings"] = ceilings(nginx, write_bodies(workdir / "ceiling.txt", "fcm"), args)
+    results["ceilings"] = []
+    if not args.no_ceilings:
+        print("ceilings ...", file=sys.stderr, flush=True)
+        results["ceilings"] = ceilings(nginx, write_bodies(workdir / "ceiling.txt", "fcm"), args)
 
     config_file = workdir / "config.toml"
     config_file.write_text(relay_config(nginx, workdir, tuple(args.paths)))
@@ -230,6 +232,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=32, help="wrk connections")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--paths", nargs="+", choices=ALL_PATHS, default=list(ALL_PATHS))
+    parser.add_argument("--no-ceilings", action="store_true", help="measure the relay only")
     parser.add_argument("--load-fraction", type=float, default=0.5, help="of peak, for latency")
     parser.add_argument("--relay-log-level", default="info", help="the relay's --log-level")
     parser.add_argument("--time-limit", type=int, default=290, help="seconds for everything")
