@@ -134,3 +134,26 @@ async def test_bad_listen_address_is_a_clear_error(listen: str) -> None:
     assert [f"push-relay: invalid listen address {listen!r}"] == [
         line.split(": expected")[0] for line in stderr.decode().splitlines()
     ]
+
+
+async def test_address_in_use_is_a_one_line_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "push_relay",
+            "sandbox",
+            "-l",
+            address,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(30):
+            stdout, stderr = await process.communicate()
+    assert process.returncode == 1
+    assert stdout == b""
+    [line] = stderr.decode().splitlines()
+    assert line.startswith(f"push-relay sandbox: cannot listen on {address}: ")

@@ -11,6 +11,8 @@ import logging
 import os
 import shutil
 import signal
+import socket
+import sys
 import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -50,6 +52,7 @@ def curl_command(address: str, body: str) -> str:
 
 async def run(host: str, port: int, stop: asyncio.Event | None = None) -> None:
     """Start simulators and the relay; serve until `stop` is set (or SIGINT/SIGTERM)."""
+    _check_free(host, port)
     workdir = Path(tempfile.mkdtemp(prefix="push-relay-sandbox-"))
     stop = stop or asyncio.Event()
     parts: list[SandboxPart] = []
@@ -96,12 +99,20 @@ def banner(address: str, parts: list[SandboxPart], config_file: Path) -> str:
     return "\n".join(lines)
 
 
+def _check_free(host: str, port: int) -> None:
+    """Raise OSError when the address cannot be bound: uvicorn would answer a taken port with
+    `sys.exit()` from inside the event loop, with a traceback and without cleaning up."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    socket.create_server((host, port), family=family).close()
+
+
 def run_sandbox(host: str, port: int) -> int:
     import uvloop
 
     try:
         uvloop.run(run(host, port))
     except OSError as err:
-        print(f"push-relay sandbox: cannot listen on {host}:{port}: {err.strerror or err}")
+        message = f"push-relay sandbox: cannot listen on {host}:{port}: {err.strerror or err}"
+        print(message, file=sys.stderr)
         return 1
     return 0
