@@ -58,6 +58,12 @@ CONFIG_ERRORS = [
         b'[apns]\nkeyfile = "k.p8"\nteam_id = "T"\n', "apns.key_id", "required", id="missing-key"
     ),
     pytest.param(
+        b'[apns]\nkeyfile = "k.p8"\nkey_id = "K"\nteam_id = "T"\n',
+        "apns.keyfile",
+        "k.p8",
+        id="apns-keyfile-not-a-key",
+    ),
+    pytest.param(
         b'[threema_gateway]\nbase_url = "https://msgapi.threema.ch"\nidentity = "*3MAPUSH"\n'
         b'secret = "s"\nprivate_key_file = "gw.key"\n',
         "threema_gateway.private_key_file",

@@ -424,6 +424,28 @@ def test_config_error_names_file_and_key(
     assert "\n" not in message
 
 
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        pytest.param(b"", "PKCS#8 PEM", id="empty"),
+        pytest.param(b"AuthKey", "PKCS#8 PEM", id="not-pem"),
+        pytest.param(
+            b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+            "cannot be decoded",
+            id="garbage-inside",
+        ),
+        pytest.param(_pkcs8(ec.generate_private_key(ec.SECP384R1())), "P-256", id="wrong-curve"),
+    ],
+)
+def test_bad_apns_key_file(load: LoadConfig, tmp_path: Path, content: bytes, fragment: str) -> None:
+    (tmp_path / "bad.p8").write_bytes(content)
+    with pytest.raises(ConfigError) as caught:
+        load(section("apns", keyfile='"bad.p8"'))
+    assert caught.value.key == "apns.keyfile"
+    assert "bad.p8" in caught.value.message
+    assert fragment in caught.value.message
+
+
 # -- the FCM service account -----------------------------------------------------------------
 
 
