@@ -149,3 +149,17 @@ async def test_upstream_detail_never_carries_the_device_token(
     assert 3 == text.count(f"device={token_hash(DEVICES[1])}")
     assert DEVICES[1] not in text
     assert SECRET not in text
+
+
+async def test_failures_that_are_not_the_clients_are_warnings_even_at_warning_level(
+    start_relay: RelayStarter, gateway: GatewayRig, caplog: pytest.LogCaptureFixture
+) -> None:
+    gateway.simulator.add_recipient("BROKEN11")
+    gateway.simulator.script.set("BROKEN11", 500)
+    caplog.set_level(logging.WARNING)
+    async with start_relay(gateway.section) as relay:
+        assert 204 == (await relay.push(gateway.push())).status
+        assert 500 == (await relay.push(gateway.push(identity="BROKEN11"))).status
+    pushes = [r for r in caplog.records if r.name == "push_relay.push"]
+    assert [logging.WARNING] == [record.levelno for record in pushes]
+    assert "outcome=500 reason=unexpected_status upstream_status=500" in pushes[0].getMessage()

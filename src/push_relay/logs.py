@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+import time
 from typing import Any
 
 LOG_FORMATS = ("text", "json")
@@ -43,13 +44,30 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class TextFormatter(logging.Formatter):
+    """`2026-01-31 12:00:00,123 INFO logger: message`, with the date formatted once a second
+    (strftime per line is a measurable part of the per-push cost)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self._second = -1
+        self._stamp = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second = int(record.created)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(record.created))
+        return f"{self._stamp},{int(record.msecs):03d}"
+
+
 def setup(level: str = "info", fmt: str = "text") -> None:
     """Send every log line to stderr in the chosen format."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -68,4 +86,4 @@ class TokenHasher:
         self._key = key.encode() if key else os.urandom(32)
 
     def __call__(self, token: str) -> str:
-        return hmac.new(self._key, token.encode(), hashlib.sha256).hexdigest()[:16]
+        return hmac.digest(self._key, token.encode(), hashlib.sha256)[:8].hex()

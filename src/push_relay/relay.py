@@ -122,10 +122,12 @@ class Relay:
         self._requests_counter(kind, outcome.status, outcome.reason).inc()
         for observer in self.observers:
             observer.observe(push, outcome)
-        if log.isEnabledFor(logging.INFO):
-            self._log(kind, push, outcome)
+        # failures that are not the client's are worth a warning
+        level = logging.INFO if outcome.status in (204, 400) else logging.WARNING
+        if log.isEnabledFor(level):
+            self._log(level, kind, push, outcome)
 
-    def _log(self, kind: str, push: PushRequest, outcome: Outcome) -> None:
+    def _log(self, level: int, kind: str, push: PushRequest, outcome: Outcome) -> None:
         target = push.target
         secret = target.identity if isinstance(target, GatewayTarget) else target.token
         # an upstream's error text may echo what it was sent: never let the token through
@@ -141,21 +143,29 @@ class Relay:
             "token_hash": self.hasher(secret),
             "detail": detail,
         }
-        log.log(
-            logging.INFO if outcome.status in (204, 400) else logging.WARNING,
+        # makeRecord + handle: the same record as log.log() without its stack walk per push
+        record = log.makeRecord(
+            log.name,
+            level,
+            __file__,
+            0,
             "push type=%s%s outcome=%s reason=%s upstream_status=%s duration_ms=%.1f "
             "session=%s device=%s%s",
-            kind,
-            f" app={extra['app']}" if extra["app"] else "",
-            outcome.status,
-            outcome.reason,
-            "-" if outcome.upstream_status is None else outcome.upstream_status,
-            outcome.duration * 1000,
-            extra["session"],
-            extra["token_hash"],
-            f" detail={detail!r}" if detail else "",
+            (
+                kind,
+                f" app={extra['app']}" if extra["app"] else "",
+                outcome.status,
+                outcome.reason,
+                "-" if outcome.upstream_status is None else outcome.upstream_status,
+                outcome.duration * 1000,
+                extra["session"],
+                extra["token_hash"],
+                f" detail={detail!r}" if detail else "",
+            ),
+            None,
             extra=extra,
         )
+        log.handle(record)
 
     async def check_ready(self, timeout: float = 2.0) -> dict[str, Readiness]:  # noqa: ASYNC109
         """Every backend's readiness, checked concurrently, each bounded by `timeout`.
