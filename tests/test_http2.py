@@ -115,11 +115,18 @@ async def test_timeout_resets_only_its_own_stream(server: H2SimServer, client: H
     assert 1 == client.connections_opened
 
 
+@pytest.mark.parametrize(
+    "delay",
+    [
+        pytest.param(0.0, id="answers-in-the-same-read-as-goaway"),
+        pytest.param(0.02, id="answers-after-goaway"),
+    ],
+)
 async def test_goaway_in_flight_streams_finish_later_ones_are_retried(
-    server: H2SimServer, client: H2Client
+    server: H2SimServer, client: H2Client, delay: float
 ) -> None:
     async def slow_echo(request: H2Request) -> H2Reply:
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(delay)
         return await echo(request)
 
     server.handler = slow_echo

@@ -27,7 +27,8 @@ _WINDOW = 16 * 1024 * 1024  # our receive window: a response never waits for us
 _NO_ERROR = h2_errors.ErrorCodes.NO_ERROR
 _REFUSED = h2_errors.ErrorCodes.REFUSED_STREAM
 _CANCEL = h2_errors.ErrorCodes.CANCEL
-_MAX_STREAMS = h2_settings.SettingCodes.MAX_CONCURRENT_STREAMS
+_RECV_GOAWAY = h2_connection.ConnectionInputs.RECV_GOAWAY
+_CLIENT_OPEN = h2_connection.ConnectionState.CLIENT_OPEN
 
 _CONFIG = h2_config.H2Configuration(
     client_side=True,
@@ -40,6 +41,20 @@ _CONFIG = h2_config.H2Configuration(
 )
 
 
+class _GracefulClose(h2_connection.H2ConnectionStateMachine):  # type: ignore[misc]
+    """Stays open when a GOAWAY arrives, so the streams it names can still complete.
+
+    h2 refuses every frame after a GOAWAY (python-hyper/h2#1181), also the rest of the very
+    read that carried it, but RFC 9113 §6.8 lets streams up to its last_stream_id finish.
+    `H2Connection` opens no new stream after a GOAWAY and closes once those are done.
+    """
+
+    def process_input(self, input_: Any) -> Any:
+        if input_ is _RECV_GOAWAY and self.state is _CLIENT_OPEN:
+            return []
+        return super().process_input(input_)
+
+
 class _H2State(h2_connection.H2Connection):  # type: ignore[misc]  # untyped base
     """h2's state machine, without its O(open streams) count on every new stream.
 
@@ -50,6 +65,10 @@ class _H2State(h2_connection.H2Connection):  # type: ignore[misc]  # untyped bas
     """
 
     prune_at = 256
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.state_machine = _GracefulClose()
 
     @property
     def open_outbound_streams(self) -> int:
@@ -341,10 +360,7 @@ class H2Connection(asyncio.Protocol):
             self._fail(stream_id, NotSent())
         self._fail_waiters()
         if event.error_code == _NO_ERROR and self.streams:
-            # h2 refuses every frame after a GOAWAY (python-hyper/h2#1181), but RFC 9113 §6.8
-            # lets the streams it names still complete: keep its state machine open for them.
-            self.h2.state_machine.state = h2_connection.ConnectionState.CLIENT_OPEN
-            return
+            return  # graceful: the streams it names may still complete (_GracefulClose)
         code = _code_name(event.error_code)
         self._fail_all(H2ConnectionError(f"server closed the connection (GOAWAY {code})"))
         self._close_transport()

@@ -41,9 +41,14 @@ SandboxStarter = Callable[[TestCA, Path], Awaitable[SandboxPart]]
 
 def starters() -> list[SandboxStarter]:
     """The simulators the sandbox runs, one per push service that has one."""
-    from push_relay.testing import apns_sim, gateway_sim, hms_sim
+    from push_relay.testing import apns_sim, fcm_sim, gateway_sim, hms_sim
 
-    return [apns_sim.sandbox_part, hms_sim.sandbox_part, gateway_sim.sandbox_part]
+    return [
+        fcm_sim.sandbox_part,
+        apns_sim.sandbox_part,
+        hms_sim.sandbox_part,
+        gateway_sim.sandbox_part,
+    ]
 
 
 def curl_command(address: str, body: str) -> str:
