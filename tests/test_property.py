@@ -249,9 +249,28 @@ def test_parse_form_first_occurrence_wins(first: dict[str, str], later: dict[str
     assert {**later, **first} == parse_form(body)
 
 
+# Unicode's White_Space property, which Rust's `trim()` uses (Python's `strip()` adds U+001C..1F)
+RUST_WHITE_SPACE = "".join(
+    chr(c)
+    for c in [
+        *range(0x09, 0x0E),
+        0x20,
+        0x85,
+        0xA0,
+        0x1680,
+        *range(0x2000, 0x200B),
+        0x2028,
+        0x2029,
+        0x202F,
+        0x205F,
+        0x3000,
+    ]
+)
+
+
 def rust_unsigned(text: str, bits: int) -> int | None:
     """Reference: Rust's `trim()` then `u16/u32::from_str`, written out by hand."""
-    digits = text.strip()
+    digits = text.strip(RUST_WHITE_SPACE)
     digits = digits.removeprefix("+")
     if not digits or any(c not in "0123456789" for c in digits):
         return None
@@ -266,7 +285,7 @@ def rust_unsigned(text: str, bits: int) -> int | None:
 number_texts = st.one_of(
     st.builds(
         lambda pre, plus, zeros, n, post: f"{pre}{plus}{zeros}{n}{post}",
-        st.sampled_from(["", " ", "\t", "\n", "\u2003", "\u3000", "\u00a0"]),
+        st.sampled_from(["", " ", "\t", "\n", "\u2003", "\u3000", "\u00a0", "\x1c", "\x1f"]),
         st.sampled_from(["", "+", "-", "++"]),
         st.sampled_from(["", "0", "000"]),
         st.integers(min_value=0, max_value=1 << 33),

@@ -18,6 +18,13 @@ MAX_APNS_COLLAPSE_ID_BYTES = 64
 
 # Rust's `u16::from_str` / `u32::from_str`: ASCII digits with an optional leading `+`.
 _UNSIGNED = re.compile(r"\+?[0-9]+", re.ASCII)
+# Rust's `trim()` strips the Unicode White_Space property; Python's bare `strip()` also strips
+# the separators U+001C..U+001F, which Rust keeps.
+_RUST_WHITESPACE = (
+    "\t\n\x0b\x0c\r \x85\xa0\u1680"
+    + "".join(map(chr, range(0x2000, 0x200B)))
+    + "\u2028\u2029\u202f\u205f\u3000"
+)
 _HEX_KEY = re.compile(r"[0-9a-fA-F]{64}", re.ASCII)
 
 
@@ -98,7 +105,7 @@ def _decode(raw: bytes) -> str:
 
 def parse_unsigned(text: str, bits: int) -> int:
     """Parse like Rust's unsigned `from_str` after `trim()`; raise `InvalidRequest` otherwise."""
-    text = text.strip()
+    text = text.strip(_RUST_WHITESPACE)
     if not _UNSIGNED.fullmatch(text):
         raise InvalidRequest(InvalidRequest.INVALID)
     # leading zeros are fine, as in Rust; too many digits must be refused before `int()`,
