@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from push_relay.backends import Clients
 from push_relay.testing.ca import TestCA
+from push_relay.testing.fcm_sim import DELIVER, UNAVAILABLE, FcmSimulator, device_token
 from push_relay.testing.hms_sim import HmsSimulator
 from push_relay.testing.process import GatewayRig, start_gateway
 from push_relay.testing.relay import RunningRelay
@@ -146,3 +148,22 @@ async def test_auth_refreshes_are_counted_by_result(
     assert 1 == delta(before, after, refreshes, backend="hms", result="error")
     assert 1 == requests(before, after, "hms", 500, "auth_failed")
     assert 2 == requests(before, after, "hms", 204, "delivered")
+
+
+async def test_upstream_retries_are_counted(start_relay: RelayStarter, test_ca: TestCA) -> None:
+    fcm = FcmSimulator(test_ca)
+    await fcm.start()
+    token = device_token("retried")
+    fcm.script.set(token, UNAVAILABLE, UNAVAILABLE, DELIVER)
+    form = {"type": "fcm", "token": token, "session": "s", "version": "3"}
+    try:
+        async with start_relay(fcm.config_toml(), Clients(backoff_base=0.001)) as relay:
+            before = await scrape(relay)
+            assert 204 == (await relay.push(form)).status
+            after = await scrape(relay)
+    finally:
+        await fcm.stop()
+    assert 2 == delta(before, after, "push_relay_upstream_retries_total", backend="fcm")
+    assert 1 == requests(before, after, "fcm", 204, "delivered")
+    assert 1 == delta(before, after, "push_relay_auth_refreshes_total", backend="fcm", result="ok")
+    assert 1 == delta(before, after, "push_relay_upstream_seconds_count", backend="fcm")
