@@ -14,6 +14,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from push_relay.auth import SharedTokenStore, Token, TokenCache
+from push_relay.testing.apns_auth import generate_key
+from push_relay.testing.apns_sim import ApnsSimulator
 from push_relay.testing.ca import TestCA
 from push_relay.testing.hms_sim import HmsSimulator
 from push_relay.testing.process import GatewayRig, RelayProcess, start_gateway
@@ -183,3 +185,28 @@ async def test_token_caches_sharing_a_store_fetch_once(tmp_path: Path) -> None:
     assert "token-2" == (await first.get("hms:a", fetch)).value
     assert 2 == fetches
     assert 0o700 == (tmp_path / "tokens").stat().st_mode & 0o777
+
+
+async def test_workers_share_one_apns_provider_token(
+    test_ca: TestCA, tmp_path: Path, fresh: aiohttp.ClientSession
+) -> None:
+    """APNs refuses a key's provider token changing more than once per 20 minutes
+    (TooManyProviderTokenUpdates): every worker must present the same JWT."""
+    key = generate_key(tmp_path)
+    apns = ApnsSimulator(test_ca, key)
+    await apns.start()
+    config = tmp_path / "relay.toml"
+    config.write_text(key.config_toml(apns.url, apns.url))
+    relay = await RelayProcess.start(config, "--workers", "3")
+    try:
+        assert 3 == len(await pids_seen(fresh, relay, 3))
+        form = {"type": "apns", "token": "ab" * 32, "bundleid": "ch.threema.iapp"}
+        form |= {"endpoint": "p", "session": "s", "version": "3"}
+        statuses = await asyncio.gather(*(push(fresh, relay, form) for _ in range(60)))
+        assert 0 == await relay.stop()
+    finally:
+        relay.kill()
+        await apns.stop()
+    assert [204] * 60 == statuses
+    assert 1 == len({r.headers["authorization"] for r in apns.requests})
+    assert 0 == apns.tokens.updates
