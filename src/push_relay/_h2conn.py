@@ -276,16 +276,16 @@ class H2Connection(asyncio.Protocol):
         self.last_seen = self.loop.time()
         try:
             events = self.h2.receive_data(data)
-        except h2_exceptions.ProtocolError as err:
+            dispatch = self.dispatch
+            for event in events:
+                handler = dispatch.get(type(event))
+                if handler is not None:
+                    handler(event)
+        except (h2_exceptions.ProtocolError, ValueError) as err:  # also bad UTF-8, bad :status
             self._fail_all(H2ConnectionError(f"HTTP/2 protocol error: {err}"))
             self.flush()
             self.abort()
             return
-        dispatch = self.dispatch
-        for event in events:
-            handler = dispatch.get(type(event))
-            if handler is not None:
-                handler(event)
         self.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -80,6 +80,7 @@ class H2Client:
         self._conn: H2Connection | None = None
         self._connecting: asyncio.Task[H2Connection] | None = None
         self._closed = False
+        self._open_connections: set[H2Connection] = set()
         self.connections_opened = 0
 
     def __repr__(self) -> str:
@@ -113,8 +114,8 @@ class H2Client:
         self._closed = True
         if self._connecting is not None:
             self._connecting.cancel()
-        conn, self._conn = self._conn, None
-        if conn is not None:
+        self._conn = None
+        for conn in list(self._open_connections):  # also those draining after a GOAWAY
             await conn.close()
 
     async def _connection(self, deadline: float) -> H2Connection:
@@ -136,7 +137,9 @@ class H2Client:
         self._connecting = None
         if task.cancelled() or task.exception() is not None:
             return  # the waiters got the error; the next request tries again
-        self._conn = task.result()
+        conn = self._conn = task.result()
+        self._open_connections.add(conn)
+        conn.lost.add_done_callback(lambda _: self._open_connections.discard(conn))
 
     async def _open(self) -> H2Connection:
         loop = asyncio.get_running_loop()
