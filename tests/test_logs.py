@@ -8,6 +8,9 @@ import hashlib
 import hmac
 import json
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -163,3 +166,18 @@ async def test_failures_that_are_not_the_clients_are_warnings_even_at_warning_le
     pushes = [r for r in caplog.records if r.name == "push_relay.push"]
     assert [logging.WARNING] == [record.levelno for record in pushes]
     assert "outcome=500 reason=unexpected_status upstream_status=500" in pushes[0].getMessage()
+
+
+def test_unknown_log_level_in_the_environment_is_a_clear_error(tmp_path: Path) -> None:
+    config = tmp_path / "relay.toml"
+    config.write_text("[server]\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "push_relay", "check-config", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "LOG_LEVEL": "verbose"},
+        timeout=30,
+    )
+    assert 2 == result.returncode
+    expected = "push-relay: LOG_LEVEL must be one of debug, info, warning, error, not 'verbose'\n"
+    assert expected == result.stderr

@@ -18,6 +18,7 @@ from push_relay.errors import ConfigError
 DEFAULT_LISTEN = "127.0.0.1:3000"
 DEFAULT_CONFIG = "config.toml"
 EXIT_CONFIG = 2
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 log = logging.getLogger("push_relay")
 
@@ -26,7 +27,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-level",
         default=os.environ.get("LOG_LEVEL", "info").lower(),
-        choices=["debug", "info", "warning", "error"],
+        choices=LOG_LEVELS,
         help="log verbosity (default: $LOG_LEVEL or info)",
     )
     parser.add_argument(
@@ -89,6 +90,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args_list and args_list[0] in ("check-config", "sandbox"):
         command = args_list.pop(0)
     args = parsers[command].parse_args(args_list)
+    if args.log_level not in LOG_LEVELS:  # argparse does not check a default from $LOG_LEVEL
+        print(
+            f"push-relay: LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {args.log_level!r}",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
     logs.setup(args.log_level, args.log_format)
 
     if command == "sandbox":
