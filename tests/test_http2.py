@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 
 from push_relay import tls
-from push_relay.http2 import H2Client, H2ConnectionError, H2TimeoutError
+from push_relay.http2 import H2Client, H2ConnectionError, H2StreamResetError, H2TimeoutError
 from push_relay.testing.ca import TestCA
-from push_relay.testing.h2server import H2Drop, H2Reply, H2Request, H2SimServer
+from push_relay.testing.h2server import H2Drop, H2Reply, H2Request, H2Reset, H2SimServer
 
-Handler = Callable[[H2Request], Awaitable[H2Reply | H2Drop]]
+REFUSED_STREAM = 0x7
+INTERNAL_ERROR = 0x2
 
 
 async def echo(request: H2Request) -> H2Reply:
@@ -202,6 +203,28 @@ async def test_requests_never_sent_are_retried_on_a_new_connection(
     assert 2 == client.connections_opened
 
 
+async def test_refused_stream_is_retried_other_resets_fail(
+    server: H2SimServer, client: H2Client
+) -> None:
+    refused: list[str] = []
+
+    async def handler(request: H2Request) -> H2Reply | H2Reset:
+        if request.path == "/refused-once" and not refused:
+            refused.append(request.path)
+            return H2Reset(REFUSED_STREAM)  # RFC 9113 §8.7: safe to retry
+        if request.path == "/broken":
+            return H2Reset(INTERNAL_ERROR)
+        return H2Reply(200)
+
+    server.handler = handler
+    assert 200 == (await client.request("GET", "/refused-once", [])).status
+    assert ["/refused-once", "/refused-once"] == [r.path for r in server.requests]
+    with pytest.raises(H2StreamResetError, match="INTERNAL_ERROR"):
+        await client.request("GET", "/broken", [])
+    assert 200 == (await client.request("GET", "/after", [])).status
+    assert 1 == client.connections_opened
+
+
 async def test_connection_refused(h2_context: ssl.SSLContext) -> None:
     listener = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     port = listener.sockets[0].getsockname()[1]
@@ -244,6 +267,20 @@ async def test_idle_connection_is_kept_alive_with_pings(
         assert server.pings_received >= 2
         assert 200 == (await client.request("GET", "/", [])).status
         assert 1 == client.connections_opened
+    finally:
+        await client.aclose()
+
+
+async def test_a_peer_that_stops_answering_pings_is_replaced(
+    server: H2SimServer, h2_context: ssl.SSLContext
+) -> None:
+    client = H2Client(server.url, h2_context, ping_interval=0.02)
+    try:
+        await client.request("GET", "/", [])
+        server.stall_connections()
+        await asyncio.sleep(0.15)  # a PING goes unanswered for a whole interval
+        assert 200 == (await client.request("GET", "/", [], timeout=2)).status
+        assert 2 == client.connections_opened
     finally:
         await client.aclose()
 

@@ -11,10 +11,12 @@
     server.goaway_after(5)          # each connection: GOAWAY after its 5th request (graceful:
                                     # requests up to it are answered, later ones ignored)
     server.drop_connections()       # abort every open connection now
+    server.stall_connections()      # stop reading from them (a hung peer)
     await server.stop()
 
 Handlers run concurrently, one task per request; an `H2Reply` may ask for a `delay` before it
-is sent, and returning `H2Drop()` aborts the connection while the request is on the wire.
+is sent, returning `H2Drop()` aborts the connection while the request is on the wire, and
+`H2Reset(code)` resets only the request's stream (e.g. 7, REFUSED_STREAM: "not processed").
 With `ca=None` the server speaks plaintext h2c (prior knowledge).
 """
 
@@ -25,6 +27,7 @@ import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import h2.config
 import h2.connection
@@ -61,7 +64,14 @@ class H2Drop:
     """Abort the connection instead of answering."""
 
 
-Handler = Callable[[H2Request], Awaitable[H2Reply | H2Drop]]
+@dataclass(frozen=True, slots=True)
+class H2Reset:
+    """Reset the request's stream with this HTTP/2 error code instead of answering."""
+
+    error_code: int
+
+
+Handler = Callable[[H2Request], Awaitable[H2Reply | H2Drop | H2Reset]]
 
 
 class H2SimServer:
@@ -110,6 +120,12 @@ class H2SimServer:
         for connection in list(self._connections):
             connection.abort()
 
+    def stall_connections(self) -> None:
+        """Stop reading from every open connection: a peer that hangs without closing."""
+        for connection in list(self._connections):
+            if connection.transport is not None:
+                connection.transport.pause_reading()
+
     @property
     def open_connections(self) -> int:
         return len(self._connections)
@@ -130,8 +146,8 @@ class _ServerConnection(asyncio.Protocol):
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, but behave as one
+        self.transport = cast(asyncio.Transport, transport)
         self.server.connections_accepted += 1
         self.server._connections.add(self)
         self.h2.local_settings = h2.settings.Settings(
@@ -213,6 +229,10 @@ class _ServerConnection(asyncio.Protocol):
             reply = await self.server.handler(request)
             if isinstance(reply, H2Drop):
                 self.abort()
+                return
+            if isinstance(reply, H2Reset):
+                self.h2.reset_stream(stream_id, reply.error_code)
+                self.flush()
                 return
             if reply.delay:
                 await asyncio.sleep(reply.delay)
