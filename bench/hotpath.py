@@ -86,6 +86,7 @@ def main() -> int:
     parser.add_argument("--path", choices=("fcm", "apns"), default="fcm")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--rate", type=float, help="open loop at this rate instead of wrk")
     parser.add_argument("--relay-log-level", default="info")
     parser.add_argument("--native", action="store_true", help="include C frames")
     parser.add_argument("--top", type=int, default=25)
@@ -110,19 +111,29 @@ def main() -> int:
         stack.callback(relay.stop)
         url = relay.url + "/push"
         measure.wrk(url, bodies, expect=204, duration=1, connections=8, groups={})
-        command = measure.wrk_command(
-            url, bodies, expect=204, duration=args.seconds + 2, connections=args.connections
-        )
+        if args.rate:
+            command = measure.fixed_rate_command(
+                url, bodies, rate=args.rate, expect=204, duration=args.seconds + 2, cafile=None
+            )
+        else:
+            command = measure.wrk_command(
+                url, bodies, expect=204, duration=args.seconds + 2, connections=args.connections
+            )
         load = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
         stack.callback(load.kill)
         record = [py_spy, "record", "-p", str(relay.process.pid), "-d", f"{args.seconds:g}"]
-        record += ["-r", "250", "-f", "raw", "-o", str(out), "--nonblocking"]
-        if args.native:
-            record.append("--native")
-        subprocess.run(record, check=True, timeout=args.seconds + 30, capture_output=True)
+        record += ["-r", "250", "-f", "raw", "-o", str(out)]
+        # native frames need the process paused while its stack is read
+        record.append("--native" if args.native else "--nonblocking")
+        done = subprocess.run(record, timeout=args.seconds + 30, capture_output=True, text=True)
+        if done.returncode != 0:
+            sys.exit(f"py-spy failed: {done.stderr.strip()}")
         stdout, _ = load.communicate(timeout=30)
     result = measure.parse_result(command, load.returncode, stdout, "")
-    print(f"wrk: {measure.rate_of(result):,.0f} pushes/s while sampled, result {result}")
+    if args.rate:
+        print(f"fixed rate {args.rate:g}/s: latency {result['latency_ms']}")
+    else:
+        print(f"wrk: {measure.rate_of(result):,.0f} pushes/s while sampled, result {result}")
     print(summarize(out, args.top))
     return 0
 
