@@ -142,10 +142,12 @@ class FcmBackend:
 
     name = "fcm"
 
-    def __init__(self, config: FcmConfig, clients: Clients) -> None:
+    def __init__(
+        self, config: FcmConfig, clients: Clients, *, rng: random.Random | None = None
+    ) -> None:
         self.config = config
         self.clients = clients
-        self.rng = random.Random()
+        self.rng = rng or random.Random()  # backoff jitter
         endpoint = urlsplit(config.endpoint)
         origin = f"{endpoint.scheme}://{endpoint.netloc}"
         context = clients.h2_ssl_context if endpoint.scheme == "https" else None
@@ -175,7 +177,9 @@ class FcmBackend:
             wait = verdict.retry_after
             if wait is None:
                 wait = backoff(attempt, self.rng)
-            # no retry that would end after the push's ttl: nobody waits for that wakeup
+            # No retry that would end after the push's ttl: nobody waits for that wakeup.
+            # Time spent is the clock's, or the nominal waits when the clock says less (a test
+            # clock that stands still while sleeps are scaled down by backoff_base).
             spent = max(waited, self.clients.clock() - started)
             if spent + wait > push.ttl:
                 detail = f"{verdict.detail}; next retry in {wait:.1f} s would pass the ttl"
