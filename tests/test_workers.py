@@ -19,6 +19,7 @@ from push_relay.testing.apns_sim import ApnsSimulator
 from push_relay.testing.ca import TestCA
 from push_relay.testing.hms_sim import HmsSimulator
 from push_relay.testing.process import GatewayRig, RelayProcess, start_gateway
+from push_relay.workers import MAX_RESTARTS
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 DELIVERED = ("push_relay_requests_total", "threemagateway", "204", "delivered")
@@ -210,3 +211,17 @@ async def test_workers_share_one_apns_provider_token(
     assert [204] * 60 == statuses
     assert 1 == len({r.headers["authorization"] for r in apns.requests})
     assert 0 == apns.tokens.updates
+
+
+async def test_a_worker_crashing_again_and_again_stops_the_relay_with_status_1(
+    two_workers: RelayProcess, fresh: aiohttp.ClientSession
+) -> None:
+    """Restarts are rate-limited: a relay that cannot keep a worker up says so by exiting."""
+    killed: set[int] = set()
+    while two_workers.process.poll() is None and len(killed) <= MAX_RESTARTS:
+        pids = await pids_seen(fresh, two_workers, 2)
+        victim = min(pids - killed)
+        os.kill(victim, signal.SIGKILL)  # a worker of the relay this test started
+        killed.add(victim)
+    assert 1 == await two_workers.wait()
+    assert f"{MAX_RESTARTS} restarts within" in two_workers.logs()

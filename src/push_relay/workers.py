@@ -167,7 +167,8 @@ class Supervisor:
             code = os.waitstatus_to_exitcode(wait_status)
             if self.stopping:
                 log.info("worker %d (pid %d) exited with status %d", slot, pid, code)
-                if code != 0:
+                # a worker still starting up has no handler yet: SIGTERM simply ends it
+                if code not in (0, -signal.SIGTERM):
                     self.status = 1
             else:
                 self._restart(slot, pid, code)
