@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -35,6 +36,7 @@ CLOSE = (b"connection", b"close")
 METRICS_TYPE = (b"content-type", metrics.CONTENT_TYPE.encode())
 
 log = logging.getLogger("push_relay")
+_VISIBLE_ASCII = re.compile(rb"[\t\x20-\x7e]*")  # what the original accepts as a header value
 
 
 class _BodyTooLarge(Exception):
@@ -221,7 +223,7 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
 
 
 def _visible_ascii(value: bytes) -> bool:
-    return all(b == 0x09 or 0x20 <= b < 0x7F for b in value)
+    return _VISIBLE_ASCII.fullmatch(value) is not None
 
 
 async def _respond(send: Send, status: int, headers: Headers, body: bytes = b"") -> None:
