@@ -13,12 +13,16 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 
+import aiohttp
+import jwt
 import pytest
 from prometheus_client import REGISTRY
 
+from push_relay import tls
 from push_relay.backends import Clients
 from push_relay.backends.fcm import Verdict, backoff, classify, retry_after
 from push_relay.errors import FailureKind
+from push_relay.http2 import H2Client, H2Response
 from push_relay.testing import fcm_sim
 from push_relay.testing.ca import TestCA
 from push_relay.testing.fcm_sim import FcmSimulator, Step, device_token, quota_exceeded
@@ -31,6 +35,7 @@ NOW = 1_700_000_000.0
 NOT_OK = "Push not successful"
 DEVICE = device_token("phone")
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
+GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 
 
 class FakeClock:
@@ -516,3 +521,136 @@ async def test_goaway_and_dropped_connections_are_transparent(
     sim.server.drop_connections()
     assert 204 == (await relay.push(form())).status
     assert 21 == len(sim.deliveries)
+
+
+# -- the simulator refuses what Google refuses -------------------------------------------------
+
+
+def assertion(account: ServiceAccount, token_uri: str, **claims: object) -> str:
+    payload = {
+        "iss": account.client_email,
+        "scope": SCOPE,
+        "aud": token_uri,
+        "iat": int(NOW),
+        "exp": int(NOW) + 3600,
+        **claims,
+    }
+    return jwt.encode(payload, account.private_key_pem, algorithm="RS256")
+
+
+async def grant(sim: FcmSimulator, jwt_assertion: str) -> tuple[int, dict[str, object]]:
+    form_body = {"grant_type": GRANT, "assertion": jwt_assertion}
+    connector = aiohttp.TCPConnector(ssl=tls.client_context())
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        session.post(sim.oauth.token_uri, data=form_body) as response,
+    ):
+        return response.status, await response.json()
+
+
+@pytest.mark.parametrize(
+    ("claims", "error"),
+    [
+        pytest.param({}, None, id="valid"),
+        pytest.param({"aud": "https://elsewhere/token"}, "invalid_grant", id="wrong-audience"),
+        pytest.param(
+            {"scope": "https://www.googleapis.com/auth/cloud"}, "invalid_scope", id="scope"
+        ),
+        pytest.param({"exp": int(NOW) + 7200}, "invalid_grant", id="lifetime-over-an-hour"),
+        pytest.param(
+            {"iat": int(NOW) - 7200, "exp": int(NOW) - 3600}, "invalid_grant", id="expired"
+        ),
+        pytest.param({"iss": "someone@else.iam"}, "invalid_grant", id="unknown-account"),
+    ],
+)
+async def test_token_endpoint_checks_the_assertion(
+    sim: FcmSimulator, account: ServiceAccount, claims: dict[str, object], error: str | None
+) -> None:
+    status, body = await grant(sim, assertion(account, sim.oauth.token_uri, **claims))
+    if error is None:
+        assert 200 == status
+        assert {"access_token", "expires_in", "token_type"} == set(body)
+    else:
+        assert (400, error) == (status, body["error"])
+
+
+async def test_token_endpoint_checks_the_signature(
+    sim: FcmSimulator, account: ServiceAccount
+) -> None:
+    impostor = generate_service_account("relay-test")  # same e-mail, another key
+    status, body = await grant(sim, assertion(impostor, sim.oauth.token_uri))
+    assert (400, "invalid_grant", "Invalid JWT Signature.") == (
+        status,
+        body["error"],
+        body["error_description"],
+    )
+
+
+def message(**overrides: object) -> bytes:
+    android = {"priority": "HIGH", "ttl": "90s"}
+    body: dict[str, object] = {"token": DEVICE, "data": {"wcs": "s"}, "android": android}
+    body.update(overrides)
+    return json.dumps({"message": body}).encode()
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "error_status"),
+    [
+        pytest.param(message(), 200, None, id="valid"),
+        pytest.param(message(data={"wct": 1}), 400, "INVALID_ARGUMENT", id="data-not-string"),
+        pytest.param(message(data={"from": "x"}), 400, "INVALID_ARGUMENT", id="reserved-key"),
+        pytest.param(message(android={"ttl": "90"}), 400, "INVALID_ARGUMENT", id="ttl-unit"),
+        pytest.param(
+            message(android={"priority": "URGENT"}), 400, "INVALID_ARGUMENT", id="priority"
+        ),
+        pytest.param(message(token="not-a-token"), 400, "INVALID_ARGUMENT", id="bad-token"),
+        pytest.param(message(topic="news"), 400, "INVALID_ARGUMENT", id="two-targets"),
+        pytest.param(message(colour="red"), 400, "INVALID_ARGUMENT", id="unknown-field"),
+        pytest.param(b"{not json", 400, "INVALID_ARGUMENT", id="not-json"),
+    ],
+)
+async def test_messages_send_validates_like_fcm(
+    sim: FcmSimulator, account: ServiceAccount, body: bytes, status: int, error_status: str | None
+) -> None:
+    _, token = await grant(sim, assertion(account, sim.oauth.token_uri))
+    answer = await send_direct(sim, body, f"Bearer {token['access_token']}")
+    assert status == answer.status
+    if error_status is not None:
+        error = json.loads(answer.body)["error"]
+        assert (status, error_status) == (error["code"], error["status"])
+
+
+@pytest.mark.parametrize(
+    ("authorization", "project", "status", "error_status"),
+    [
+        pytest.param(None, "relay-test", 401, "UNAUTHENTICATED", id="no-bearer"),
+        pytest.param("Bearer ya29.forged", "relay-test", 401, "UNAUTHENTICATED", id="forged"),
+        pytest.param("valid", "other-project", 403, "PERMISSION_DENIED", id="other-project"),
+    ],
+)
+async def test_messages_send_checks_bearer_and_project(
+    sim: FcmSimulator,
+    account: ServiceAccount,
+    authorization: str | None,
+    project: str,
+    status: int,
+    error_status: str,
+) -> None:
+    if authorization == "valid":
+        _, token = await grant(sim, assertion(account, sim.oauth.token_uri))
+        authorization = f"Bearer {token['access_token']}"
+    answer = await send_direct(sim, message(), authorization, project)
+    assert (status, error_status) == (answer.status, json.loads(answer.body)["error"]["status"])
+
+
+async def send_direct(
+    sim: FcmSimulator, body: bytes, authorization: str | None, project: str = "relay-test"
+) -> H2Response:
+    client = H2Client(sim.url, tls.client_context(["h2"]))
+    headers = [("content-type", "application/json")]
+    if authorization is not None:
+        headers.append(("authorization", authorization))
+    try:
+        return await client.request("POST", f"/v1/projects/{project}/messages:send", headers, body)
+    finally:
+        await client.aclose()
