@@ -18,7 +18,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from push_relay.testing.apns_auth import generate_key
+from push_relay.testing.apns_sim import ApnsSimulator
+from push_relay.testing.apns_sim import Step as ApnsStep
 from push_relay.testing.ca import TestCA
+from push_relay.testing.fcm_sim import UNREGISTERED, FcmSimulator, device_token
 from push_relay.testing.hms_sim import ALL_TOKENS_INVALID, HmsSimulator
 from push_relay.testing.process import GatewayRig, RelayProcess, start_gateway
 from push_relay.testing.relay import RunningRelay
@@ -181,3 +185,52 @@ def test_unknown_log_level_in_the_environment_is_a_clear_error(tmp_path: Path) -
     assert 2 == result.returncode
     expected = "push-relay: LOG_LEVEL must be one of debug, info, warning, error, not 'verbose'\n"
     assert expected == result.stderr
+
+
+def pem_lines(pem: str | bytes) -> list[str]:
+    text = pem.decode() if isinstance(pem, bytes) else pem
+    return [line for line in text.splitlines() if line and not line.startswith("-----")]
+
+
+async def test_fcm_and_apns_credentials_never_reach_the_logs_even_at_debug(
+    test_ca: TestCA, tmp_path: Path
+) -> None:
+    fcm = FcmSimulator(test_ca)
+    apns_key = generate_key(tmp_path)
+    apns = ApnsSimulator(test_ca, apns_key)
+    await fcm.start()
+    await apns.start()
+    fcm_tokens = [device_token("log-ok"), device_token("log-gone")]
+    apns_tokens = ["ab" * 32, "cd" * 32]
+    fcm.script.set(fcm_tokens[1], UNREGISTERED)
+    apns.script.set(apns_tokens[1], ApnsStep(reason="Unregistered"))
+    config = tmp_path / "relay.toml"
+    config.write_text(fcm.config_toml() + apns_key.config_toml(apns.url, apns.url))
+    relay = await RelayProcess.start(config, "--workers", "2", "--log-level", "debug")
+    forms = [{"type": "fcm", "token": token} for token in fcm_tokens]
+    forms += [
+        {"type": "apns", "token": token, "bundleid": "ch.threema.iapp", "endpoint": "s"}
+        for token in apns_tokens
+    ]
+    try:
+        async with aiohttp.ClientSession() as session:
+            for form in forms:
+                data = form | {"session": SESSION, "version": "3"}
+                async with session.post(relay.url + "/push", data=data, headers=FORM) as answer:
+                    await answer.read()
+        assert 0 == await relay.stop()
+    finally:
+        relay.kill()
+        await fcm.stop()
+        await apns.stop()
+    logs = relay.logs()
+
+    requests = [*fcm.requests, *apns.requests]
+    bearer = [r.headers["authorization"].split(" ")[-1] for r in requests]
+    secrets = [*fcm_tokens, *apns_tokens, *bearer]
+    secrets += pem_lines(fcm.account.private_key_pem) + pem_lines(apns_key.pem)
+    assert len(bearer) == 4
+    for secret in secrets:
+        assert secret not in logs
+    assert 4 == logs.count(" push type=")
+    assert "outcome=400 reason=unregistered" in logs.lower()
