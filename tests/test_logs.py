@@ -225,8 +225,8 @@ async def test_fcm_and_apns_credentials_never_reach_the_logs_even_at_debug(
         await apns.stop()
     logs = relay.logs()
 
-    requests = [*fcm.requests, *apns.requests]
-    bearer = [r.headers["authorization"].split(" ")[-1] for r in requests]
+    headers = [r.headers for r in fcm.requests] + [r.headers for r in apns.requests]
+    bearer = [h["authorization"].split(" ")[-1] for h in headers]
     secrets = [*fcm_tokens, *apns_tokens, *bearer]
     secrets += pem_lines(fcm.account.private_key_pem) + pem_lines(apns_key.pem)
     assert len(bearer) == 4
