@@ -1,11 +1,8 @@
 """One client HTTP/2 connection as an asyncio protocol: the engine under `push_relay.http2`.
 
 Streams are futures keyed by stream id; the protocol feeds received bytes to the HTTP/2 state
-machine and settles the futures. Everything here runs on the event loop, so no locks.
-
-The state machine is `jh2`, an API-compatible fork of `h2` with a compiled HPACK codec: on one
-connection with 256 concurrent streams against nginx it costs about 30 % less CPU per request
-than `h2` (bench/h2_clients.py). It ships no type information, hence the ignores below.
+machine (`_h2base.H2State`) and settles the futures. Everything here runs on the event loop,
+so no locks.
 """
 
 from __future__ import annotations
@@ -16,85 +13,20 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, cast
 
-import jh2.config as h2_config  # type: ignore[import-untyped]
-import jh2.connection as h2_connection  # type: ignore[import-untyped]
-import jh2.errors as h2_errors  # type: ignore[import-untyped]
-import jh2.events as h2_events  # type: ignore[import-untyped]
-import jh2.exceptions as h2_exceptions  # type: ignore[import-untyped]
-import jh2.settings as h2_settings  # type: ignore[import-untyped]
-
-_WINDOW = 16 * 1024 * 1024  # our receive window: a response never waits for us
-_NO_ERROR = h2_errors.ErrorCodes.NO_ERROR
-_REFUSED = h2_errors.ErrorCodes.REFUSED_STREAM
-_CANCEL = h2_errors.ErrorCodes.CANCEL
-_RECV_GOAWAY = h2_connection.ConnectionInputs.RECV_GOAWAY
-_CLIENT_OPEN = h2_connection.ConnectionState.CLIENT_OPEN
-
-_CONFIG = h2_config.H2Configuration(
-    client_side=True,
-    header_encoding="utf-8",
-    # Header validation is a large part of h2's cost per request. Our requests are built
-    # correctly (lower-case names), and of a response we only read :status and a few headers.
-    validate_outbound_headers=False,
-    normalize_outbound_headers=False,
-    validate_inbound_headers=False,
+from push_relay._h2base import (
+    CANCEL,
+    NO_ERROR,
+    RECEIVE_WINDOW,
+    REFUSED_STREAM,
+    H2ConnectionError,
+    H2State,
+    H2StreamResetError,
+    H2TimeoutError,
+    NotSent,
+    h2_events,
+    h2_exceptions,
+    h2_settings,
 )
-
-
-class _GracefulClose(h2_connection.H2ConnectionStateMachine):  # type: ignore[misc]
-    """Stays open when a GOAWAY arrives, so the streams it names can still complete.
-
-    h2 refuses every frame after a GOAWAY (python-hyper/h2#1181), also the rest of the very
-    read that carried it, but RFC 9113 §6.8 lets streams up to its last_stream_id finish.
-    `H2Connection` opens no new stream after a GOAWAY and closes once those are done.
-    """
-
-    def process_input(self, input_: Any) -> Any:
-        if input_ is _RECV_GOAWAY and self.state is _CLIENT_OPEN:
-            return []
-        return super().process_input(input_)
-
-
-class _H2State(h2_connection.H2Connection):  # type: ignore[misc]  # untyped base
-    """h2's state machine, without its O(open streams) count on every new stream.
-
-    h2 counts open streams by scanning all of them (and pruning closed ones) each time a stream
-    is opened; with hundreds in flight that scan dominated the client's CPU. The peer's limit is
-    enforced by `H2Connection` itself, so here the scan only runs to prune, once the table has
-    doubled, which keeps it O(1) per request.
-    """
-
-    prune_at = 256
-
-    def __init__(self, config: Any) -> None:
-        super().__init__(config)
-        self.state_machine = _GracefulClose()
-
-    @property
-    def open_outbound_streams(self) -> int:
-        if len(self.streams) >= self.prune_at:
-            self.prune_at = max(256, 2 * super().open_outbound_streams)
-        return 0  # never above the peer's limit: H2Connection waits for a free stream first
-
-
-class H2Error(Exception):
-    """Base of the HTTP/2 client's errors."""
-
-
-class H2ConnectionError(H2Error):
-    """Could not connect, or the connection died while this request was on the wire."""
-
-
-class H2TimeoutError(H2Error):
-    """The request's own timeout passed; only its stream was reset."""
-
-
-class H2StreamResetError(H2Error):
-    """The server reset this request's stream."""
-
-
-class NotSent(Exception):  # a signal to retry, not an error for callers
-    """The request never reached the server: the client retries it on a new connection."""
 
 
 class _Stream:
@@ -119,7 +51,7 @@ class H2Connection(asyncio.Protocol):
         ping_interval: float,
     ) -> None:
         self.loop = loop
-        self.h2 = _H2State(_CONFIG)
+        self.h2 = H2State()
         self.ready: asyncio.Future[None] = loop.create_future()  # peer's SETTINGS arrived
         self.lost: asyncio.Future[None] = loop.create_future()
         self.transport: asyncio.Transport | None = None
@@ -243,7 +175,7 @@ class H2Connection(asyncio.Protocol):
             stream.future.set_exception(H2TimeoutError(f"no response on stream {stream_id}"))
         if not self.closing:
             with contextlib.suppress(h2_exceptions.ProtocolError):  # already closed in h2
-                self.h2.reset_stream(stream_id, _CANCEL)
+                self.h2.reset_stream(stream_id, CANCEL)
             self.flush()
         self._release()
 
@@ -267,8 +199,8 @@ class H2Connection(asyncio.Protocol):
             return
         self.h2.initiate_connection()
         self.h2.update_settings({h2_settings.SettingCodes.ENABLE_PUSH: 0})
-        self.h2.update_settings({h2_settings.SettingCodes.INITIAL_WINDOW_SIZE: _WINDOW})
-        self.h2.increment_flow_control_window(_WINDOW - 65535)
+        self.h2.update_settings({h2_settings.SettingCodes.INITIAL_WINDOW_SIZE: RECEIVE_WINDOW})
+        self.h2.increment_flow_control_window(RECEIVE_WINDOW - 65535)
         self.flush()
         self.ping_timer = self.loop.call_later(self.ping_interval, self._on_ping_timer)
 
@@ -332,7 +264,7 @@ class H2Connection(asyncio.Protocol):
 
     def _on_reset(self, event: h2_events.StreamReset) -> None:
         stream_id: int = event.stream_id
-        if event.error_code == _REFUSED:  # RFC 9113 §8.7: the server did not process it
+        if event.error_code == REFUSED_STREAM:  # RFC 9113 §8.7: the server did not process it
             self._fail(stream_id, NotSent())
         else:
             code = _code_name(event.error_code)
@@ -359,7 +291,7 @@ class H2Connection(asyncio.Protocol):
         for stream_id in [s for s in self.streams if s > last]:
             self._fail(stream_id, NotSent())
         self._fail_waiters()
-        if event.error_code == _NO_ERROR and self.streams:
+        if event.error_code == NO_ERROR and self.streams:
             return  # graceful: the streams it names may still complete (_GracefulClose)
         code = _code_name(event.error_code)
         self._fail_all(H2ConnectionError(f"server closed the connection (GOAWAY {code})"))

@@ -20,14 +20,14 @@ import ssl
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from push_relay._h2conn import (
-    H2Connection,
+from push_relay._h2base import (
     H2ConnectionError,
     H2Error,
     H2StreamResetError,
     H2TimeoutError,
     NotSent,
 )
+from push_relay._h2conn import H2Connection
 
 __all__ = [
     "H2Client",
