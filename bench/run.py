@@ -217,6 +217,13 @@ def run_all(args: Any, stack: ExitStack) -> dict[str, Any]:
         )
         try:
             results["relay"].append(relay_figures(relay, nginx, bodies, workers, args))
+        except Exception:
+            kept = args.out.parent / f"failed-relay-{workers}.log"
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            relay.stop()
+            shutil.copyfile(relay.log_file, kept)
+            print(f"the relay's log is kept in {kept}", file=sys.stderr)
+            raise
         finally:
             relay.stop()
     return results
