@@ -503,7 +503,7 @@ async def test_connection_refused_is_400(
 async def test_100_concurrent_pushes_use_one_tls_connection(
     relay: RunningRelay, sim: FcmSimulator
 ) -> None:
-    sim.script.set(DEVICE, Step(delay=0.05))  # all 100 are in flight together
+    sim.script.set(DEVICE, Step(delay=0.3))  # all 100 are in flight together
     answers = await asyncio.gather(*(relay.push(form()) for _ in range(100)))
     assert [204] * 100 == [a.status for a in answers]
     assert 100 == len(sim.requests)
