@@ -86,6 +86,8 @@ def parse_form(body: bytes) -> dict[str, str]:
     `+` is a space, malformed escapes stay literal and invalid UTF-8 is replaced, as the
     original's form decoder does. A pair without `=` has an empty value.
     """
+    if b"%" not in body and b"+" not in body:
+        return _parse_plain(body.decode("utf-8", errors="replace"))
     params: dict[str, str] = {}
     for pair in body.split(b"&"):
         if not pair:
@@ -94,6 +96,18 @@ def parse_form(body: bytes) -> dict[str, str]:
         name = _decode(key)
         if name not in params:
             params[name] = _decode(value)
+    return params
+
+
+def _parse_plain(text: str) -> dict[str, str]:
+    # The hot path (hex tokens and sessions need no escapes): one decode for the whole body.
+    # `&` and `=` are ASCII and never inside a UTF-8 sequence, so splitting the decoded text
+    # gives the same pairs, and the same replacement characters, as decoding each part.
+    params: dict[str, str] = {}
+    for pair in text.split("&"):
+        if pair:
+            key, _, value = pair.partition("=")
+            params.setdefault(key, value)
     return params
 
 
