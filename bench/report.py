@@ -63,8 +63,8 @@ def _latencies(results: dict[str, Any]) -> list[str]:
         f"## Latency at {fraction:.0%} of peak (open loop, fixed rate, ms)",
         "",
         "| workers | path | rate/s | relay p50 | relay p99 | nginx direct p50 | direct p99 "
-        "| added p50 | added p99 | all answered |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| added p50 | added p99 | all answered | relay CPU s per 1k |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for r in results["relay"]:
         for path, p in r["paths"].items():
@@ -74,7 +74,8 @@ def _latencies(results: dict[str, Any]) -> list[str]:
             lines.append(
                 f"| {r['workers']} | {path} | {lat['rate']:,.0f} | {via['p50']:.2f} | "
                 f"{via['p99']:.2f} | {direct['p50']:.2f} | {direct['p99']:.2f} | "
-                f"{added['p50']:.2f} | {added['p99']:.2f} | {_yes(lat['ok'])} |"
+                f"{added['p50']:.2f} | {added['p99']:.2f} | {_yes(lat['ok'])} | "
+                f"{lat['relay_cpu_per_1k']:.3f} |"
             )
     return lines
 

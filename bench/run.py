@@ -142,6 +142,7 @@ def _latency(
         "relay": via.result,
         "direct": direct.result,
         "added_ms": {p: relay_ms[p] - direct_ms[p] for p in ("p50", "p90", "p99")},
+        "relay_cpu_per_1k": measure.per_thousand(via.cpu["relay"], int(via.result["answered"])),
     }
 
 
