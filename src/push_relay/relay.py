@@ -11,7 +11,7 @@ from typing import Protocol
 
 from prometheus_client import Counter, Histogram
 
-from push_relay import metrics
+from push_relay import logs, metrics
 from push_relay.backends import TYPE_NAMES, Backend, BackendTable, Readiness
 from push_relay.errors import FailureKind, PushFailed
 from push_relay.logs import TokenHasher
@@ -132,39 +132,32 @@ class Relay:
         secret = target.identity if isinstance(target, GatewayTarget) else target.token
         # an upstream's error text may echo what it was sent: never let the token through
         detail = outcome.detail.replace(secret, "<token>") if secret else outcome.detail
-        extra = {
-            "push_type": kind,
-            "app": target.app_id if isinstance(target, HmsTarget) else None,
-            "outcome": outcome.status,
-            "reason": outcome.reason,
-            "upstream_status": outcome.upstream_status,
-            "duration_ms": round(outcome.duration * 1000, 1),
-            "session": push.session[:10],
-            "token_hash": self.hasher(secret),
-            "detail": detail,
-        }
-        # makeRecord + handle: the same record as log.log() without its stack walk per push
-        record = log.makeRecord(
-            log.name,
-            level,
-            __file__,
-            0,
-            "push type=%s%s outcome=%s reason=%s upstream_status=%s duration_ms=%.1f "
-            "session=%s device=%s%s",
-            (
-                kind,
-                f" app={extra['app']}" if extra["app"] else "",
-                outcome.status,
-                outcome.reason,
-                "-" if outcome.upstream_status is None else outcome.upstream_status,
-                outcome.duration * 1000,
-                extra["session"],
-                extra["token_hash"],
-                f" detail={detail!r}" if detail else "",
-            ),
-            None,
-            extra=extra,
+        app = target.app_id if isinstance(target, HmsTarget) else None
+        token_hash = self.hasher(secret)
+        session = push.session[:10]
+        extra = None
+        if logs.structured():
+            extra = {
+                "push_type": kind,
+                "app": app,
+                "outcome": outcome.status,
+                "reason": outcome.reason,
+                "upstream_status": outcome.upstream_status,
+                "duration_ms": round(outcome.duration * 1000, 1),
+                "session": session,
+                "token_hash": token_hash,
+                "detail": detail,
+            }
+        upstream = "-" if outcome.upstream_status is None else outcome.upstream_status
+        # the message is formatted here, once; makeRecord + handle is log.log() without its
+        # stack walk
+        message = (
+            f"push type={kind}{f' app={app}' if app else ''} outcome={outcome.status} "
+            f"reason={outcome.reason} upstream_status={upstream} "
+            f"duration_ms={outcome.duration * 1000:.1f} session={session} device={token_hash}"
+            f"{f' detail={detail!r}' if detail else ''}"
         )
+        record = log.makeRecord(log.name, level, __file__, 0, message, (), None, extra=extra)
         log.handle(record)
 
     async def check_ready(self, timeout: float = 2.0) -> dict[str, Readiness]:  # noqa: ASYNC109

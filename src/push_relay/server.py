@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -97,6 +98,7 @@ def uvicorn_config(app: PushRelayApp, host: str, port: int) -> uvicorn.Config:
         log_config=None,
         access_log=False,
         server_header=False,
+        proxy_headers=False,  # nothing reads the client address; skip X-Forwarded-* per request
         timeout_keep_alive=5,
         timeout_graceful_shutdown=max(1, round(server.shutdown_grace_secs)),
     )
@@ -123,6 +125,14 @@ class RelayServer(uvicorn.Server):
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        # Everything built so far (modules, config, backends) lives for the whole process:
+        # keep it out of the collector's full passes, which otherwise stall the loop for
+        # 15-20 ms under load (measured with bench/run.py).
+        gc.collect()
+        gc.freeze()
 
     def _on_signal(self, sig: signal.Signals) -> None:
         if self.should_exit and sig == signal.SIGINT:
