@@ -1,7 +1,5 @@
 """APNs through the real front end, against the simulated APNs over HTTP/2 and TLS."""
 
-# ruff: noqa: SIM300  -- the house style puts the expected value first in asserts
-
 from __future__ import annotations
 
 import asyncio

@@ -7,7 +7,6 @@ one upstream connection per push service. nginx and wrk are required: without th
 tests fail naming the Debian packages to install.
 """
 
-# ruff: noqa: SIM300  -- the house style puts the expected value first in asserts
 from __future__ import annotations
 
 import asyncio

@@ -1,7 +1,6 @@
 """`type=fcm` through the real front end against the FCM + Google OAuth simulator over TLS
 (contract §4 and §11)."""
 
-# ruff: noqa: SIM300  -- the house style puts the expected value first in asserts
 from __future__ import annotations
 
 import asyncio

@@ -1,6 +1,5 @@
 """`/health` (liveness) and `/ready` (every configured backend can authenticate)."""
 
-# ruff: noqa: SIM300  -- the house style puts the expected value first in asserts
 from __future__ import annotations
 
 import json

@@ -1,6 +1,5 @@
 """`type=hms` through the real front end against the Push Kit simulator over TLS (contract §7)."""
 
-# ruff: noqa: SIM300  -- the house style puts the expected value first in asserts
 from __future__ import annotations
 
 import asyncio

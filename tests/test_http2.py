@@ -1,7 +1,5 @@
 """The shared HTTP/2 client against the HTTP/2 simulator server, over TLS on loopback."""
 
-# ruff: noqa: SIM300  # house style puts the expected value first in asserts
-
 from __future__ import annotations
 
 import asyncio

@@ -4,7 +4,6 @@ The relay writes `started` once and one `push` point per validated push, in batc
 background task: pushes never wait for InfluxDB, whether it is up, down or hung.
 """
 
-# ruff: noqa: SIM300  -- the house style puts the expected value first in asserts
 from __future__ import annotations
 
 import asyncio

@@ -1,6 +1,5 @@
 """Limits that protect the relay: body size, slow clients, pushes in flight."""
 
-# ruff: noqa: SIM300  -- the house style puts the expected value first in asserts
 from __future__ import annotations
 
 import asyncio

@@ -1,6 +1,5 @@
 """Logs: one line per push, structured on request, never a token, secret or key."""
 
-# ruff: noqa: SIM300  -- the house style puts the expected value first in asserts
 from __future__ import annotations
 
 import asyncio

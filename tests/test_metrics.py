@@ -4,7 +4,6 @@ The registry lives as long as the test process, so every test compares a scrape 
 before with one taken after its pushes.
 """
 
-# ruff: noqa: SIM300  -- the house style puts the expected value first in asserts
 from __future__ import annotations
 
 import asyncio

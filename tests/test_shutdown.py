@@ -1,6 +1,5 @@
 """Graceful shutdown: SIGTERM stops accepting, answers every push in flight, exits 0."""
 
-# ruff: noqa: SIM300  -- the house style puts the expected value first in asserts
 from __future__ import annotations
 
 import asyncio

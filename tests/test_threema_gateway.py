@@ -4,7 +4,6 @@ The simulator plays the recipient's phone too: it decrypts every box, so these t
 exactly what the phone would read.
 """
 
-# ruff: noqa: SIM300  -- the house style puts the expected value first in asserts
 from __future__ import annotations
 
 import json

@@ -1,6 +1,5 @@
 """`--workers N`: processes sharing one port, summed metrics, supervision, shared auth tokens."""
 
-# ruff: noqa: SIM300  -- the house style puts the expected value first in asserts
 from __future__ import annotations
 
 import asyncio

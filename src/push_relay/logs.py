@@ -132,6 +132,9 @@ def setup(level: str = "info", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # HPACK codecs log every header at debug level: bearer tokens, JWTs and device-token paths
+    for name in ("hpack", "h2", "jh2"):
+        logging.getLogger(name).setLevel(max(root.level, logging.INFO))
     # uvicorn's access log would print every request a second time
     logging.getLogger("uvicorn.access").disabled = True
 
