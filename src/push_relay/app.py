@@ -165,22 +165,31 @@ class PushRelayApp:
             await _respond(send, outcome.status, [TEXT, *cors], PUSH_NOT_SUCCESSFUL)
 
     async def _read_body(self, receive: Receive) -> bytes:
-        """The whole body, refused beyond 4 KiB or when it takes over `body_timeout_secs`."""
-        chunks: list[bytes] = []
-        size = 0
-        more = True
-        async with asyncio.timeout(self.server.body_timeout_secs):
-            while more:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise TimeoutError
-                chunk: bytes = message.get("body", b"")
-                size += len(chunk)
-                if size > MAX_BODY_BYTES:
-                    raise _BodyTooLarge
-                chunks.append(chunk)
-                more = message.get("more_body", False)
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        """The whole body, refused beyond 4 KiB.
+
+        A client slower than `body_timeout_secs` is answered 408 and disconnected by the
+        server protocol (`server.SlowClientProtocol`); `receive` then says so.
+        """
+        message = await receive()
+        body: bytes = message.get("body", b"")
+        if len(body) > MAX_BODY_BYTES:
+            raise _BodyTooLarge
+        if not message.get("more_body", False):
+            if message["type"] == "http.disconnect":
+                raise TimeoutError
+            return body
+        chunks = [body]
+        size = len(body)
+        while message.get("more_body", False):
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise TimeoutError
+            chunk: bytes = message.get("body", b"")
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise _BodyTooLarge
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     # -- CORS -------------------------------------------------------------------------------
 

@@ -26,64 +26,90 @@ __all__ = ["EmbeddedServer", "ListenAddressError", "RelayServer", "parse_listen"
 
 log = logging.getLogger("push_relay")
 
-_TIMEOUT_BODY = b"Request header timed out"
-REQUEST_TIMEOUT = (
-    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
-    b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_TIMEOUT_BODY), _TIMEOUT_BODY)
-)
+
+def _timeout_answer(text: bytes) -> bytes:
+    return (
+        b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(text), text)
+    )
 
 
-class HeaderTimeoutProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol plus a deadline for a request's headers.
+HEADER_TIMEOUT_ANSWER = _timeout_answer(b"Request header timed out")
+BODY_TIMEOUT_ANSWER = _timeout_answer(b"Request body timed out")
+
+
+class SlowClientProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol plus deadlines for a request's headers and its body.
 
     uvicorn only times out idle keep-alive connections; a client that opens a connection and
-    never sends (or trickles) its headers would hold it for ever. The clock starts when the
-    connection opens or a request's first byte arrives, and stops when the headers are
-    complete; the body has its own timeout in the app.
+    never sends (or trickles) its headers or body would hold it for ever. The header clock
+    starts when the connection opens or a request's first byte arrives; when the headers are
+    complete the body clock starts; when the body is complete the request is the app's.
+    One timer serves both phases (it is moved lazily), so a request that arrives in one
+    packet costs one timer, not two plus a timeout in the app.
     """
 
     header_timeout = 10.0
-    _header_timer: asyncio.TimerHandle | None = None
-    _request_begun = False
+    body_timeout = 10.0
+    _timer: asyncio.TimerHandle | None = None
+    _deadline = 0.0
+    _answer = b""  # what a timed-out request is told; empty: nothing begun, just close
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm_header_timer()
+        self._arm(self.header_timeout)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._request_begun = True
-        if self._header_timer is None:
-            self._arm_header_timer()
+        self._answer = HEADER_TIMEOUT_ANSWER
+        if self._timer is None:
+            self._arm(self.header_timeout)
 
     def on_headers_complete(self) -> None:
-        self._request_begun = False
-        self._disarm_header_timer()
+        self._answer = BODY_TIMEOUT_ANSWER
+        self._deadline = self.loop.time() + self.body_timeout
+        if self._timer is None or self._timer.when() > self._deadline:
+            self._disarm()
+            self._timer = self.loop.call_at(self._deadline, self._on_timer)
         super().on_headers_complete()
 
+    def on_message_complete(self) -> None:
+        self._answer = b""
+        self._disarm()
+        super().on_message_complete()
+
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_header_timer()
+        self._disarm()
         super().connection_lost(exc)
 
-    def _arm_header_timer(self) -> None:
-        self._header_timer = self.loop.call_later(self.header_timeout, self._header_timed_out)
+    def _arm(self, timeout: float) -> None:
+        self._deadline = self.loop.time() + timeout
+        self._timer = self.loop.call_at(self._deadline, self._on_timer)
 
-    def _disarm_header_timer(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
-    def _header_timed_out(self) -> None:
-        self._header_timer = None
+    def _on_timer(self) -> None:
+        remaining = self._deadline - self.loop.time()
+        if remaining > 0:  # the body phase moved the deadline
+            self._timer = self.loop.call_at(self._deadline, self._on_timer)
+            return
+        self._timer = None
         if self.transport.is_closing():
             return
-        if self._request_begun:
-            self.transport.write(REQUEST_TIMEOUT)
+        if self._answer:
+            self.transport.write(self._answer)
         self.transport.close()
 
 
-def header_timeout_protocol(timeout: float) -> type[HeaderTimeoutProtocol]:
-    return type("HeaderTimeoutProtocol", (HeaderTimeoutProtocol,), {"header_timeout": timeout})
+def slow_client_protocol(header_timeout: float, body_timeout: float) -> type[SlowClientProtocol]:
+    return type(
+        "SlowClientProtocol",
+        (SlowClientProtocol,),
+        {"header_timeout": header_timeout, "body_timeout": body_timeout},
+    )
 
 
 def uvicorn_config(app: PushRelayApp, host: str, port: int) -> uvicorn.Config:
@@ -93,7 +119,7 @@ def uvicorn_config(app: PushRelayApp, host: str, port: int) -> uvicorn.Config:
         host=host,
         port=port,
         loop="uvloop",
-        http=header_timeout_protocol(server.header_timeout_secs),
+        http=slow_client_protocol(server.header_timeout_secs, server.body_timeout_secs),
         lifespan="on",
         log_config=None,
         access_log=False,
