@@ -1,10 +1,10 @@
 """The relay's asyncio HTTP/2 client: one multiplexed connection per push-service origin.
 
 Off-the-shelf async HTTP/2 clients cost several times more CPU per request than the relay can
-afford, so this is a lean pump over the `h2` state machine: a request is a future on a stream
-(no task per request), writes are batched into one `transport.write` per loop iteration, and
-the connection is opened lazily, shared by every request, and replaced transparently when the
-server sends GOAWAY or the connection dies.
+afford, so this is a minimal client framing layer of its own (RFC 9113, `_h2frames`, `_h2recv`,
+`_h2conn`): a request is a future on a stream (no task per request), writes are batched into
+one `transport.write` per loop iteration, and the connection is opened lazily, shared by every
+request, and replaced transparently when the server sends GOAWAY or the connection dies.
 
 H2Error
 ├── H2ConnectionError   could not connect, or the connection died while this request was on
@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from push_relay._h2base import (
     H2ConnectionError,
     H2Error,
+    H2Response,
     H2StreamResetError,
     H2TimeoutError,
     NotSent,
@@ -42,13 +42,6 @@ __all__ = [
 # and at most this often (a burst larger than what a server allows per connection before its
 # GOAWAY spreads over several connections; the bound stops a server that refuses everything).
 _MAX_ATTEMPTS = 16
-
-
-@dataclass(frozen=True, slots=True)
-class H2Response:
-    status: int
-    headers: dict[str, str]  # lower-case names
-    body: bytes
 
 
 class H2Client:
@@ -101,12 +94,16 @@ class H2Client:
             if conn is None or not conn.usable:
                 conn = await self._connection(deadline)
             try:
-                status, response_headers, response_body = await conn.request(
-                    method, path, headers, body, deadline
-                )
+                if conn.full:
+                    await conn.wait_for_stream(deadline)
+                stream = conn.request(method, path, headers, body, deadline)
+                try:
+                    return await stream.future  # the only suspension on the fast path
+                except asyncio.CancelledError:
+                    conn.cancel(stream)
+                    raise
             except NotSent:
                 continue  # the server never saw it: safe to send on the next connection
-            return H2Response(status, response_headers, response_body)
         raise H2ConnectionError(f"{self.origin}: connection closed before the request was sent")
 
     async def aclose(self) -> None:
