@@ -22,11 +22,12 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import measure
-from nginx_upstream import free_port, require_tools, start_nginx
+from nginx_upstream import require_tools, start_nginx
 from relay_process import relay_config, start_relay
 from shapes import write_bodies
 
 from push_relay.testing.ca import TestCA
+from push_relay.testing.ports import free_port
 
 HERE = Path(__file__).resolve().parent
 

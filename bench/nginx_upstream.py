@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import ssl
 import subprocess
 import time
@@ -22,6 +21,7 @@ import procstats
 from shapes import APNS_DEVICE_PATH
 
 from push_relay.testing.ca import TestCA
+from push_relay.testing.ports import free_port
 
 FCM_NAME = "projects/bench/messages/1"
 APNS_ID = "8B4F6A5E-3C2D-4E1F-9A0B-7C6D5E4F3A2B"
@@ -98,13 +98,6 @@ def require_tools(*names: str) -> None:
             f"the benchmark needs {', '.join(missing)}: install the Debian packages "
             f"with `apt-get install -y {packages}`"
         )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

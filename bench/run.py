@@ -27,11 +27,12 @@ import measure
 import procstats
 import report
 import upstream_connections
-from nginx_upstream import Nginx, free_port, require_tools, start_nginx
+from nginx_upstream import Nginx, require_tools, start_nginx
 from relay_process import RelayProcess, relay_config, start_relay, supports_workers
 from shapes import APNS_DEVICE_PATH, FCM_SEND_PATH, write_bodies
 
 from push_relay.testing.ca import TestCA
+from push_relay.testing.ports import free_port
 
 HERE = Path(__file__).resolve().parent
 ALL_PATHS = ("fcm", "apns")

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from push_relay import __version__
+from push_relay.testing.ports import free_port
 
 GW_HEX = "ab" * 32
 
@@ -32,13 +33,6 @@ def push_relay(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[s
         timeout=timeout,
         check=False,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # -- config errors: exit 2, one line naming file and key -------------------------------------

@@ -7,7 +7,6 @@ import asyncio
 import json
 import logging
 import random
-import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
@@ -17,6 +16,7 @@ import jwt
 import pytest
 from prometheus_client import REGISTRY
 
+from helpers import closed_port_url
 from push_relay import tls
 from push_relay.backends import Clients
 from push_relay.backends.fcm import Verdict, backoff, classify, retry_after
@@ -489,10 +489,7 @@ async def test_ttl_zero_is_never_retried(relay: RunningRelay, sim: FcmSimulator)
 async def test_connection_refused_is_400(
     start_relay: RelayStarter, sim: FcmSimulator, clients: Clients
 ) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        closed_port = sock.getsockname()[1]
-    toml = sim.config_toml(endpoint=f"https://127.0.0.1:{closed_port}")
+    toml = sim.config_toml(endpoint=closed_port_url())
     async with start_relay(toml, clients=clients) as relay:
         answer = await relay.push(form())
     assert (400, NOT_OK) == (answer.status, answer.text)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -14,6 +13,7 @@ import aiohttp
 import pytest
 from prometheus_client import REGISTRY
 
+from helpers import closed_port_url
 from push_relay.backends import Clients
 from push_relay.backends.hms import Verdict, classify
 from push_relay.errors import FailureKind
@@ -81,14 +81,6 @@ def form(token: str = DEVICE, app: str = APP, **extra: str) -> dict[str, str]:
     params = {"type": "hms", "appid": app, "token": token, "session": "123deadbeef", "version": "3"}
     params.update(extra)
     return params
-
-
-def closed_port_url() -> str:
-    """An https URL on loopback where nothing listens: every connection is refused."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"https://127.0.0.1:{port}"
 
 
 def auth_refreshes(result: str) -> float:

@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 
 import push_relay.testing
+from push_relay.testing.ports import free_port
 
 SIMULATOR_TYPES = {"fcm": "fcm", "apns": "apns", "hms": "hms", "gateway": "threema-gateway"}
 CURL = re.compile(
@@ -34,13 +35,6 @@ def simulated_types() -> set[str]:
     unknown = names - SIMULATOR_TYPES.keys()
     assert not unknown, f"simulator modules without a known push type: {unknown}"
     return {SIMULATOR_TYPES[name] for name in names}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def read_banner(stdout: asyncio.StreamReader) -> str:

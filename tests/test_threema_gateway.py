@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -19,6 +18,7 @@ import nacl.utils
 import pytest
 from nacl.public import Box, PrivateKey
 
+from helpers import closed_port_url
 from push_relay import config
 from push_relay.backends import Clients
 from push_relay.backends.threema_gateway import classify
@@ -89,13 +89,6 @@ def form(sim: GatewaySimulator, **extra: str) -> dict[str, str]:
     }
     params.update(extra)
     return params
-
-
-def closed_port_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"https://127.0.0.1:{port}"
 
 
 # -- round trip ------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,16 +19,10 @@ from aiohttp import web
 
 from push_relay.testing.ca import TestCA
 from push_relay.testing.gateway_sim import GatewaySimulator, write_key_file
+from push_relay.testing.ports import free_port
 
 GATEWAY_IDENTITY = "*3MAPUSH"
 RECIPIENT = "ECHOECHO"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
