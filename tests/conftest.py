@@ -1,4 +1,4 @@
-"""Shared fixtures: a test CA trusted through SSL_CERT_FILE, and a running relay."""
+"""Shared fixtures: a test CA trusted through SSL_CERT_FILE, a running relay, a gateway."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 from push_relay import config
 from push_relay.backends import Clients
 from push_relay.testing.ca import TestCA
+from push_relay.testing.process import GatewayRig, start_gateway
 from push_relay.testing.relay import RunningRelay, running_relay
 
 
@@ -56,3 +57,11 @@ async def relay(start_relay: RelayStarter) -> AsyncIterator[RunningRelay]:
     """A relay with no backend configured."""
     async with start_relay() as running:
         yield running
+
+
+@pytest.fixture
+async def gateway(test_ca: TestCA, tmp_path: Path) -> AsyncIterator[GatewayRig]:
+    """A Threema Gateway simulator (answering at once) and the relay's section for it."""
+    rig = await start_gateway(test_ca, tmp_path)
+    yield rig
+    await rig.simulator.stop()

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import shutil
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,7 @@ from push_relay import sandbox
 from push_relay.backends import Clients
 from push_relay.sandbox import SandboxPart
 from push_relay.testing.ca import TestCA
-from push_relay.testing.gateway_sim import GatewaySimulator, write_key_file
+from push_relay.testing.process import GatewayRig
 from push_relay.testing.relay import RunningRelay
 
 pytestmark = pytest.mark.browser
@@ -133,46 +131,6 @@ async def wake_up(browser: webdriver.Chrome, relay: RunningRelay, params: dict[s
     )
 
 
-# -- a relay with a simulated Threema Gateway ------------------------------------------------
-
-
-@dataclass
-class Gateway:
-    simulator: GatewaySimulator
-    config_toml: str
-    recipient_key: str  # hex public key of ECHOECHO, known to the simulator
-
-
-@pytest.fixture
-async def gateway(test_ca: TestCA, tmp_path: Path) -> AsyncIterator[Gateway]:
-    key_file = tmp_path / "gateway.key"
-    key = write_key_file(key_file)
-    secret = secrets.token_hex(16)
-    simulator = GatewaySimulator(
-        test_ca, identity="*3MAPUSH", secret=secret, identity_public_key=bytes(key.public_key)
-    )
-    recipient_key = simulator.add_recipient("ECHOECHO")
-    url = await simulator.start()
-    toml = (
-        f'[threema_gateway]\nbase_url = "{url}"\nidentity = "*3MAPUSH"\n'
-        f'secret = "{secret}"\nprivate_key_file = "{key_file}"\n'
-    )
-    try:
-        yield Gateway(simulator, toml, recipient_key)
-    finally:
-        await simulator.stop()
-
-
-def gateway_push(gateway: Gateway, session: str = "123deadbeef") -> dict[str, str]:
-    return {
-        "type": "threema-gateway",
-        "session": session,
-        "version": "3",
-        "identity": "ECHOECHO",
-        "public_key": gateway.recipient_key,
-    }
-
-
 # -- the tests -------------------------------------------------------------------------------
 
 
@@ -185,10 +143,10 @@ async def test_bad_request_reads_400_in_the_browser(
 
 
 async def test_gateway_push_reads_204_in_the_browser(
-    browser: webdriver.Chrome, start_relay: RelayStarter, gateway: Gateway
+    browser: webdriver.Chrome, start_relay: RelayStarter, gateway: GatewayRig
 ) -> None:
-    async with start_relay(gateway.config_toml) as relay:
-        result = await wake_up(browser, relay, gateway_push(gateway, session="browser-session"))
+    async with start_relay(gateway.section) as relay:
+        result = await wake_up(browser, relay, gateway.push(session="browser-session"))
     assert result == {"status": 204, "body": ""}
     [delivery] = gateway.simulator.deliveries
     assert (
@@ -199,22 +157,22 @@ async def test_gateway_push_reads_204_in_the_browser(
 
 
 async def test_allow_list_with_the_page_origin_lets_the_page_read_the_status(
-    browser: webdriver.Chrome, start_relay: RelayStarter, gateway: Gateway, page_origin: str
+    browser: webdriver.Chrome, start_relay: RelayStarter, gateway: GatewayRig, page_origin: str
 ) -> None:
     toml = f'[server]\ncors_origins = ["https://web.threema.ch", "{page_origin}"]\n'
-    async with start_relay(toml + gateway.config_toml) as relay:
-        result = await wake_up(browser, relay, gateway_push(gateway))
+    async with start_relay(toml + gateway.section) as relay:
+        result = await wake_up(browser, relay, gateway.push())
     assert result == {"status": 204, "body": ""}
 
 
 async def test_allow_list_without_the_page_origin_makes_fetch_fail(
-    browser: webdriver.Chrome, start_relay: RelayStarter, gateway: Gateway
+    browser: webdriver.Chrome, start_relay: RelayStarter, gateway: GatewayRig
 ) -> None:
     """The browser hides the answer: `fetch` rejects with a TypeError. (The push itself is a
     CORS 'simple request', so it still reaches the relay: CORS is no access control.)"""
     toml = '[server]\ncors_origins = ["https://web.threema.ch"]\n'
-    async with start_relay(toml + gateway.config_toml) as relay:
-        result = await wake_up(browser, relay, gateway_push(gateway))
+    async with start_relay(toml + gateway.section) as relay:
+        result = await wake_up(browser, relay, gateway.push())
     assert result["error"] == "TypeError"
     assert "status" not in result
 

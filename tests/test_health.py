@@ -7,13 +7,12 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
-from pathlib import Path
 
 import pytest
 
 from push_relay.testing.ca import TestCA
 from push_relay.testing.hms_sim import HmsSimulator
-from push_relay.testing.process import GatewayRig, start_gateway
+from push_relay.testing.process import GatewayRig
 from push_relay.testing.relay import RunningRelay
 
 RelayStarter = Callable[..., AbstractAsyncContextManager[RunningRelay]]
@@ -29,13 +28,6 @@ def hms_section(url: str, secret: str = SECRET) -> str:
         f'login_endpoint = "{url}"\n'
         f'push_endpoint = "{url}"\n'
     )
-
-
-@pytest.fixture
-async def gateway(test_ca: TestCA, tmp_path: Path) -> AsyncIterator[GatewayRig]:
-    rig = await start_gateway(test_ca, tmp_path)
-    yield rig
-    await rig.simulator.stop()
 
 
 @pytest.fixture

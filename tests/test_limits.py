@@ -4,26 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from pathlib import Path
 from urllib.parse import urlsplit
 
-import pytest
-
-from push_relay.testing.ca import TestCA
-from push_relay.testing.process import GatewayRig, start_gateway
+from push_relay.testing.process import GatewayRig
 from push_relay.testing.relay import RunningRelay
 
 RelayStarter = Callable[..., AbstractAsyncContextManager[RunningRelay]]
 PUSH = "token=t&session=s&version=3"
-
-
-@pytest.fixture
-async def gateway(test_ca: TestCA, tmp_path: Path) -> AsyncIterator[GatewayRig]:
-    rig = await start_gateway(test_ca, tmp_path)
-    yield rig
-    await rig.simulator.stop()
 
 
 async def raw_connection(relay: RunningRelay) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

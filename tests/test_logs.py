@@ -23,7 +23,7 @@ from push_relay.testing.apns_sim import Step as ApnsStep
 from push_relay.testing.ca import TestCA
 from push_relay.testing.fcm_sim import UNREGISTERED, FcmSimulator, device_token
 from push_relay.testing.hms_sim import ALL_TOKENS_INVALID, HmsSimulator
-from push_relay.testing.process import GatewayRig, RelayProcess, start_gateway
+from push_relay.testing.process import GatewayRig, RelayProcess
 from push_relay.testing.relay import RunningRelay
 
 RelayStarter = Callable[..., AbstractAsyncContextManager[RunningRelay]]
@@ -46,13 +46,6 @@ async def hms(test_ca: TestCA) -> AsyncIterator[HmsSimulator]:
     await simulator.start()
     yield simulator
     await simulator.stop()
-
-
-@pytest.fixture
-async def gateway(test_ca: TestCA, tmp_path: Path) -> AsyncIterator[GatewayRig]:
-    rig = await start_gateway(test_ca, tmp_path)
-    yield rig
-    await rig.simulator.stop()
 
 
 def config_text(hms: HmsSimulator, gateway: GatewayRig) -> str:

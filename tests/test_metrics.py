@@ -7,18 +7,16 @@ before with one taken after its pushes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from pathlib import Path
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from push_relay.backends import Clients
 from push_relay.testing.ca import TestCA
 from push_relay.testing.fcm_sim import DELIVER, UNAVAILABLE, FcmSimulator, device_token
 from push_relay.testing.hms_sim import HmsSimulator
-from push_relay.testing.process import GatewayRig, start_gateway
+from push_relay.testing.process import GatewayRig
 from push_relay.testing.relay import RunningRelay
 
 RelayStarter = Callable[..., AbstractAsyncContextManager[RunningRelay]]
@@ -53,13 +51,6 @@ def requests(before: Samples, after: Samples, backend: str, outcome: int, reason
         outcome=str(outcome),
         reason=reason,
     )
-
-
-@pytest.fixture
-async def gateway(test_ca: TestCA, tmp_path: Path) -> AsyncIterator[GatewayRig]:
-    rig = await start_gateway(test_ca, tmp_path)
-    yield rig
-    await rig.simulator.stop()
 
 
 async def test_every_metric_of_the_contract_is_exposed(relay: RunningRelay) -> None:

@@ -17,20 +17,13 @@ from push_relay.testing.apns_auth import generate_key
 from push_relay.testing.apns_sim import ApnsSimulator
 from push_relay.testing.ca import TestCA
 from push_relay.testing.hms_sim import HmsSimulator
-from push_relay.testing.process import GatewayRig, RelayProcess, start_gateway
+from push_relay.testing.process import GatewayRig, RelayProcess
 from push_relay.workers import MAX_RESTARTS
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 DELIVERED = ("push_relay_requests_total", "threemagateway", "204", "delivered")
 APP = "104455555"
 SECRET = "hms-client-secret-for-workers"
-
-
-@pytest.fixture
-async def gateway(test_ca: TestCA, tmp_path: Path) -> AsyncIterator[GatewayRig]:
-    rig = await start_gateway(test_ca, tmp_path)
-    yield rig
-    await rig.simulator.stop()
 
 
 @pytest.fixture
