@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from push_relay.sandbox import SandboxPart, SandboxStarter
+from push_relay.testing.ca import TestCA
 from push_relay.testing.ports import free_port
+from push_relay.testing.relay import Answer, RelayStarter
 
 
 def closed_port_url() -> str:
     """An https URL on loopback where nothing listens: every connection is refused."""
     return f"https://127.0.0.1:{free_port()}"
+
+
+async def answer_sandbox_examples(
+    start_relay: RelayStarter, starter: SandboxStarter, ca: TestCA, workdir: Path
+) -> tuple[SandboxPart, list[Answer]]:
+    """Start one service's sandbox simulator, push its examples through the relay, stop it."""
+    part = await starter(ca, workdir)
+    try:
+        async with start_relay(part.config_toml) as relay:
+            answers = [await relay.push(example) for example in part.examples]
+    finally:
+        await part.stop()
+    return part, answers

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from prometheus_client import REGISTRY
 
+from helpers import answer_sandbox_examples
 from push_relay import config
 from push_relay.backends import Clients
 from push_relay.backends.apns import TOKEN_LIFETIME, ApnsBackend, Verdict, classify
@@ -769,12 +770,9 @@ async def test_sandbox_example_is_delivered_and_logged(
     start_relay: RelayStarter, test_ca: TestCA, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="push_relay.sandbox")
-    part = await apns_sim.sandbox_part(test_ca, tmp_path)
-    try:
-        async with start_relay(part.config_toml) as relay:
-            answers = [await relay.push(example) for example in part.examples]
-    finally:
-        await part.stop()
+    part, answers = await answer_sandbox_examples(
+        start_relay, apns_sim.sandbox_part, test_ca, tmp_path
+    )
 
     assert [
         "type=apns&token=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"

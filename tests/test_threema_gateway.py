@@ -18,7 +18,7 @@ import nacl.utils
 import pytest
 from nacl.public import Box, PrivateKey
 
-from helpers import closed_port_url
+from helpers import answer_sandbox_examples, closed_port_url
 from push_relay import config
 from push_relay.backends import Clients
 from push_relay.backends.threema_gateway import classify
@@ -361,12 +361,9 @@ async def test_sandbox_example_answers_204(
     start_relay: RelayStarter, test_ca: TestCA, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="push_relay.sandbox")
-    part = await gateway_sim.sandbox_part(test_ca, tmp_path)
-    try:
-        async with start_relay(part.config_toml) as relay:
-            answers = [await relay.push(example) for example in part.examples]
-    finally:
-        await part.stop()
+    part, answers = await answer_sandbox_examples(
+        start_relay, gateway_sim.sandbox_part, test_ca, tmp_path
+    )
     assert [204] * len(part.examples) == [a.status for a in answers]
     assert '"wcs":"123deadbeef"' in caplog.text
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
@@ -72,6 +72,10 @@ class RunningRelay:
             return Answer(
                 response.status, {k.lower(): v for k, v in response.headers.items()}, text
             )
+
+
+# what the tests' `start_relay` fixture is: `async with start_relay(toml, clients=...) as relay:`
+RelayStarter = Callable[..., AbstractAsyncContextManager[RunningRelay]]
 
 
 @asynccontextmanager
