@@ -12,7 +12,7 @@ from push_relay import config
 from push_relay.backends import Clients
 from push_relay.testing.ca import TestCA
 from push_relay.testing.process import GatewayRig, start_gateway
-from push_relay.testing.relay import RunningRelay, running_relay
+from push_relay.testing.relay import RelayStarter, RunningRelay, running_relay
 
 
 @pytest.fixture(scope="session")
@@ -25,9 +25,6 @@ def trust_test_ca(test_ca: TestCA, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     """The relay's outgoing TLS trusts the simulators' CA, as an operator would configure."""
     monkeypatch.setenv("SSL_CERT_FILE", str(test_ca.ca_file))
     yield
-
-
-RelayStarter = Callable[..., AbstractAsyncContextManager[RunningRelay]]
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import logging
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -30,9 +29,7 @@ from push_relay.testing import apns_sim
 from push_relay.testing.apns_auth import ApnsKey, generate_key
 from push_relay.testing.apns_sim import DROP, ApnsSimulator, Step
 from push_relay.testing.ca import TestCA
-from push_relay.testing.relay import RunningRelay
-
-RelayStarter = Callable[..., AbstractAsyncContextManager[RunningRelay]]
+from push_relay.testing.relay import RelayStarter, RunningRelay
 
 DEVICE = "0123456789abcdef" * 4
 OTHER_DEVICE = "fedcba9876543210" * 4

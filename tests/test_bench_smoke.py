@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from push_relay.testing.ca import TestCA
-from push_relay.testing.relay import RunningRelay
+from push_relay.testing.relay import RelayStarter
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
@@ -29,7 +28,6 @@ from nginx_upstream import Nginx, require_tools, start_nginx  # noqa: E402
 from relay_process import relay_config  # noqa: E402
 
 PUSHES_PER_SERVICE = 250
-RelayStarter = Callable[..., AbstractAsyncContextManager[RunningRelay]]
 
 
 @pytest.fixture

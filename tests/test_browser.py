@@ -12,8 +12,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -28,11 +27,10 @@ from push_relay.backends import Clients
 from push_relay.sandbox import SandboxPart
 from push_relay.testing.ca import TestCA
 from push_relay.testing.process import GatewayRig
-from push_relay.testing.relay import RunningRelay
+from push_relay.testing.relay import RelayStarter, RunningRelay
 
 pytestmark = pytest.mark.browser
 
-RelayStarter = Callable[..., AbstractAsyncContextManager[RunningRelay]]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

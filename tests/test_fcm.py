@@ -8,8 +8,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator
 
 import aiohttp
 import jwt
@@ -26,9 +25,7 @@ from push_relay.testing import fcm_sim
 from push_relay.testing.ca import TestCA
 from push_relay.testing.fcm_sim import FcmSimulator, Step, device_token, quota_exceeded
 from push_relay.testing.google_oauth import ServiceAccount, generate_service_account
-from push_relay.testing.relay import RunningRelay
-
-RelayStarter = Callable[..., AbstractAsyncContextManager[RunningRelay]]
+from push_relay.testing.relay import RelayStarter, RunningRelay
 
 NOW = 1_700_000_000.0
 NOT_OK = "Push not successful"

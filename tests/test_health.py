@@ -5,17 +5,15 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator
 
 import pytest
 
 from push_relay.testing.ca import TestCA
 from push_relay.testing.hms_sim import HmsSimulator
 from push_relay.testing.process import GatewayRig
-from push_relay.testing.relay import RunningRelay
+from push_relay.testing.relay import RelayStarter, RunningRelay
 
-RelayStarter = Callable[..., AbstractAsyncContextManager[RunningRelay]]
 APP = "104455555"
 SECRET = "hms-client-secret-for-health"
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -20,9 +19,7 @@ from push_relay.errors import FailureKind
 from push_relay.testing import hms_sim
 from push_relay.testing.ca import TestCA
 from push_relay.testing.hms_sim import HmsReply, HmsSimulator, TokenReply
-from push_relay.testing.relay import RunningRelay
-
-RelayStarter = Callable[..., AbstractAsyncContextManager[RunningRelay]]
+from push_relay.testing.relay import RelayStarter
 
 APP = "104455555"
 CLIENT_ID = "104455555"

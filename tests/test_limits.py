@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 from urllib.parse import urlsplit
 
 from push_relay.testing.process import GatewayRig
-from push_relay.testing.relay import RunningRelay
+from push_relay.testing.relay import RelayStarter, RunningRelay
 
-RelayStarter = Callable[..., AbstractAsyncContextManager[RunningRelay]]
 PUSH = "token=t&session=s&version=3"
 
 

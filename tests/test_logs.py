@@ -10,8 +10,7 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -24,9 +23,8 @@ from push_relay.testing.ca import TestCA
 from push_relay.testing.fcm_sim import UNREGISTERED, FcmSimulator, device_token
 from push_relay.testing.hms_sim import ALL_TOKENS_INVALID, HmsSimulator
 from push_relay.testing.process import GatewayRig, RelayProcess
-from push_relay.testing.relay import RunningRelay
+from push_relay.testing.relay import RelayStarter
 
-RelayStarter = Callable[..., AbstractAsyncContextManager[RunningRelay]]
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 APP = "104455555"
 SECRET = "hms-client-secret-never-logged"

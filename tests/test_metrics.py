@@ -7,8 +7,6 @@ before with one taken after its pushes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -17,9 +15,8 @@ from push_relay.testing.ca import TestCA
 from push_relay.testing.fcm_sim import DELIVER, UNAVAILABLE, FcmSimulator, device_token
 from push_relay.testing.hms_sim import HmsSimulator
 from push_relay.testing.process import GatewayRig
-from push_relay.testing.relay import RunningRelay
+from push_relay.testing.relay import RelayStarter, RunningRelay
 
-RelayStarter = Callable[..., AbstractAsyncContextManager[RunningRelay]]
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 APP = "104455555"
 SECRET = "hms-client-secret-for-metrics"

@@ -9,8 +9,7 @@ oracle for what the server must answer: the front end may add nothing and lose n
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import parse_qsl, quote, quote_plus, urlencode
 
@@ -32,9 +31,7 @@ from push_relay.request import (
 )
 from push_relay.sandbox import SandboxPart
 from push_relay.testing.ca import TestCA
-from push_relay.testing.relay import RunningRelay
-
-RelayStarter = Callable[..., AbstractAsyncContextManager[RunningRelay]]
+from push_relay.testing.relay import RelayStarter, RunningRelay
 
 FORM = "application/x-www-form-urlencoded"
 NOT_OK = "Push not successful"

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -14,9 +13,7 @@ import pytest
 
 from push_relay.testing.ca import TestCA
 from push_relay.testing.process import GatewayRig, RelayProcess, start_gateway
-from push_relay.testing.relay import RunningRelay
-
-RelayStarter = Callable[..., AbstractAsyncContextManager[RunningRelay]]
+from push_relay.testing.relay import RelayStarter
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 IN_FLIGHT = 20

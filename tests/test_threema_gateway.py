@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from urllib.parse import parse_qsl
 
@@ -26,9 +25,7 @@ from push_relay.errors import ConfigError, FailureKind
 from push_relay.testing import gateway_sim
 from push_relay.testing.ca import TestCA
 from push_relay.testing.gateway_sim import GatewaySimulator, write_key_file
-from push_relay.testing.relay import RunningRelay
-
-RelayStarter = Callable[..., AbstractAsyncContextManager[RunningRelay]]
+from push_relay.testing.relay import RelayStarter
 
 IDENTITY = "*3MAPUSH"
 SECRET = "gateway-api-secret-for-tests"
