@@ -122,21 +122,30 @@ def _reason(body: bytes) -> str:
     return reason if isinstance(reason, str) else ""
 
 
+_to_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+# The body up to the varying `3mw` object: the same bytes json.dumps gives for the whole body.
+_ALERT_START = f'{{"aps":{_to_json(ALERT_APS)},"3mw":'
+_VOIP_START = f'{{"aps":{_to_json(VOIP_APS)},"3mw":'
+_ALERT_TYPE = ("apns-push-type", "alert")
+_VOIP_TYPE = ("apns-push-type", "voip")
+_PRIORITY = ("apns-priority", "10")
+
+
 def build_request(push: PushRequest, now: float) -> tuple[str, list[tuple[str, str]], bytes]:
     """Path, headers (without authorization) and body of the APNs request for `push`."""
     target = push.target
     assert isinstance(target, ApnsTarget)
+    voip = target.is_voip
     headers = [
         ("apns-topic", target.bundle_id),
-        ("apns-push-type", "voip" if target.is_voip else "alert"),
-        ("apns-priority", "10"),
+        _VOIP_TYPE if voip else _ALERT_TYPE,
+        _PRIORITY,
         ("apns-expiration", "0" if push.ttl == 0 else str(int(now) + push.ttl)),
     ]
     if push.collapse_key is not None:
         headers.append(("apns-collapse-id", push.collapse_key))
-    payload = ThreemaPayload.for_push(push, now).as_numbers()
-    aps = VOIP_APS if target.is_voip else ALERT_APS
-    body = json.dumps({"aps": aps, "3mw": payload}, separators=(",", ":"), ensure_ascii=False)
+    payload = _to_json(ThreemaPayload.for_push(push, now).as_numbers())
+    body = f"{_VOIP_START if voip else _ALERT_START}{payload}}}"
     return f"/3/device/{target.token}", headers, body.encode()
 
 
@@ -151,6 +160,8 @@ class ApnsBackend:
         self._key = load_signing_key(config.signing_key, config.keyfile)
         self._token_key = f"apns:{config.key_id}"
         self._connections: dict[str, H2Client] = {}
+        self._auth_token: str | None = None
+        self._auth = ("authorization", "")  # for `_auth_token`
 
     @property
     def connections_opened(self) -> int:
@@ -161,7 +172,10 @@ class ApnsBackend:
         target = push.target
         assert isinstance(target, ApnsTarget)
         path, headers, body = build_request(push, self._clients.clock())
-        token = await self._provider_token()
+        tokens = self._clients.tokens
+        token = tokens.peek(self._token_key)  # the cached token without a coroutine, while valid
+        if token is None or tokens.clock() >= token.refresh_at:
+            token = await self._provider_token()
         verdict = await self._post(target, path, headers, body, token)
         if verdict.provider_token_expired and self._may_renew(token):
             log.info("apns: provider token expired early; renewing it and retrying once")
@@ -182,9 +196,12 @@ class ApnsBackend:
         token: Token,
     ) -> Verdict:
         client = self._client(target.endpoint)
-        auth = [("authorization", f"bearer {token.value}")]
+        if token.value != self._auth_token:  # the header is built once per provider token
+            self._auth_token = token.value
+            self._auth = ("authorization", f"bearer {token.value}")
+        headers = [self._auth, *headers]
         try:
-            response = await client.request("POST", path, auth + headers, body, REQUEST_TIMEOUT)
+            response = await client.request("POST", path, headers, body, REQUEST_TIMEOUT)
         except H2TimeoutError:
             raise PushFailed(FailureKind.UPSTREAM, "timeout", "no answer within 20 s") from None
         except (H2Error, OSError) as err:  # refused, reset or lost connections
