@@ -10,6 +10,19 @@ from push_relay.testing.ports import free_port
 from push_relay.testing.relay import Answer, RelayStarter
 
 
+class FakeClock:
+    """Wall-clock time that moves only when a test says so; relay and simulator can share it."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def closed_port_url() -> str:
     """An https URL on loopback where nothing listens: every connection is refused."""
     return f"https://127.0.0.1:{free_port()}"

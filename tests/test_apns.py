@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from prometheus_client import REGISTRY
 
-from helpers import answer_sandbox_examples
+from helpers import FakeClock, answer_sandbox_examples
 from push_relay import config
 from push_relay.backends import Clients
 from push_relay.backends.apns import TOKEN_LIFETIME, ApnsBackend, Verdict, classify
@@ -44,19 +44,6 @@ VOIP_BODY = (
 )
 
 
-class FakeClock:
-    """Wall-clock time that only moves when a test says so."""
-
-    def __init__(self, now: float = START) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 def apns_push(token: str = DEVICE, **extra: str) -> dict[str, str]:
     params = {
         "type": "apns",
@@ -72,7 +59,7 @@ def apns_push(token: str = DEVICE, **extra: str) -> dict[str, str]:
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(START)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import jwt
 import pytest
 from prometheus_client import REGISTRY
 
-from helpers import closed_port_url
+from helpers import FakeClock, closed_port_url
 from push_relay import tls
 from push_relay.backends import Clients
 from push_relay.backends.fcm import Verdict, backoff, classify, retry_after
@@ -34,16 +34,6 @@ SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 
 
-class FakeClock:
-    """Wall-clock time that only moves when a test says so; relay and simulator share it."""
-
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture(scope="session")
 def account() -> ServiceAccount:
     return generate_service_account("relay-test")
@@ -51,7 +41,7 @@ def account() -> ServiceAccount:
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(NOW)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from prometheus_client import REGISTRY
 
-from helpers import answer_sandbox_examples, closed_port_url
+from helpers import FakeClock, answer_sandbox_examples, closed_port_url
 from push_relay.backends import Clients
 from push_relay.backends.hms import Verdict, classify
 from push_relay.errors import FailureKind
@@ -29,19 +29,9 @@ NOW = 1_700_000_000.0
 NOT_OK = "Push not successful"
 
 
-class FakeClock:
-    """A clock the test moves by hand; relay and simulator share it."""
-
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(NOW)
 
 
 @pytest.fixture
@@ -344,7 +334,7 @@ async def test_token_expired_at_push_kit_is_not_reused(
 ) -> None:
     """Push Kit's clock ran past the token's expiry (HTTP 401, 80200003): the next push
     fetches a new token although the relay's own clock says the old one is still good."""
-    sim_clock = FakeClock()
+    sim_clock = FakeClock(NOW)
     sim.clock = sim_clock
     async with start_relay(hms_section(sim.url), clients=Clients(clock=clock)) as relay:
         assert 204 == (await relay.push(form())).status
