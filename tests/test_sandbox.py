@@ -37,6 +37,20 @@ def simulated_types() -> set[str]:
     return {SIMULATOR_TYPES[name] for name in names}
 
 
+async def start_sandbox(listen: str) -> asyncio.subprocess.Process:
+    """`push-relay sandbox -l LISTEN` as a child process, its stdout and stderr piped."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "push_relay",
+        "sandbox",
+        "-l",
+        listen,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
 async def read_banner(stdout: asyncio.StreamReader) -> str:
     lines = []
     async with asyncio.timeout(30):
@@ -55,16 +69,7 @@ async def collect(stream: asyncio.StreamReader, into: list[str]) -> None:
 
 async def test_every_printed_example_is_answered_204_and_delivered() -> None:
     address = f"127.0.0.1:{free_port()}"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "push_relay",
-        "sandbox",
-        "-l",
-        address,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    process = await start_sandbox(address)
     assert process.stdout is not None and process.stderr is not None
     log_lines: list[str] = []
     log_reader = asyncio.create_task(collect(process.stderr, log_lines))
@@ -111,16 +116,7 @@ async def test_every_printed_example_is_answered_204_and_delivered() -> None:
 
 @pytest.mark.parametrize("listen", ["127.0.0.1", "127.0.0.1:99999"])
 async def test_bad_listen_address_is_a_clear_error(listen: str) -> None:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "push_relay",
-        "sandbox",
-        "-l",
-        listen,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    process = await start_sandbox(listen)
     async with asyncio.timeout(30):
         stdout, stderr = await process.communicate()
     assert process.returncode == 2
@@ -135,16 +131,7 @@ async def test_address_in_use_is_a_one_line_error() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         address = f"127.0.0.1:{taken.getsockname()[1]}"
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "push_relay",
-            "sandbox",
-            "-l",
-            address,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        process = await start_sandbox(address)
         async with asyncio.timeout(30):
             stdout, stderr = await process.communicate()
     assert process.returncode == 1
