@@ -22,6 +22,17 @@ async def read_until_closed(reader: asyncio.StreamReader, timeout: float = 5.0) 
     return await asyncio.wait_for(reader.read(), timeout)
 
 
+async def send_until_closed(relay: RunningRelay, data: bytes) -> tuple[bytes, float]:
+    """Send `data` on a new connection and read until the relay closes it; returns what it
+    answered and the `time.monotonic()` at which the wait began."""
+    reader, writer = await raw_connection(relay)
+    writer.write(data)
+    started = time.monotonic()
+    response = await read_until_closed(reader)
+    writer.close()
+    return response, started
+
+
 # -- body size -------------------------------------------------------------------------------
 
 
@@ -58,15 +69,12 @@ async def test_chunked_body_growing_over_4_kib_is_refused_with_413(relay: Runnin
 
 async def test_body_slower_than_body_timeout_is_answered_408(start_relay: RelayStarter) -> None:
     async with start_relay("[server]\nbody_timeout_secs = 0.3\n") as relay:
-        reader, writer = await raw_connection(relay)
-        writer.write(
+        response, started = await send_until_closed(
+            relay,
             b"POST /push HTTP/1.1\r\nHost: relay\r\n"
             b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\n"
-            b"token=t&"
+            b"token=t&",
         )
-        started = time.monotonic()
-        response = await read_until_closed(reader)
-        writer.close()
     assert response.startswith(b"HTTP/1.1 408 ")
     assert response.endswith(b"Request body timed out")
     assert 0.25 < time.monotonic() - started < 3
@@ -76,11 +84,9 @@ async def test_headers_slower_than_header_timeout_are_answered_408(
     start_relay: RelayStarter,
 ) -> None:
     async with start_relay("[server]\nheader_timeout_secs = 0.3\n") as relay:
-        reader, writer = await raw_connection(relay)
-        writer.write(b"POST /push HTTP/1.1\r\nHost: relay\r\nContent-Type: appl")
-        started = time.monotonic()
-        response = await read_until_closed(reader)
-        writer.close()
+        response, started = await send_until_closed(
+            relay, b"POST /push HTTP/1.1\r\nHost: relay\r\nContent-Type: appl"
+        )
     assert response.startswith(b"HTTP/1.1 408 ")
     assert response.endswith(b"Request header timed out")
     assert 0.25 < time.monotonic() - started < 3
@@ -90,10 +96,7 @@ async def test_connection_that_never_sends_is_closed_after_header_timeout(
     start_relay: RelayStarter,
 ) -> None:
     async with start_relay("[server]\nheader_timeout_secs = 0.3\n") as relay:
-        reader, writer = await raw_connection(relay)
-        started = time.monotonic()
-        response = await read_until_closed(reader)
-        writer.close()
+        response, started = await send_until_closed(relay, b"")
     assert b"" == response
     assert 0.25 < time.monotonic() - started < 3
 
