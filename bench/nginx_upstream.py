@@ -137,13 +137,7 @@ class Nginx:
 
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM the master (it stops its workers), SIGKILL if it lingers."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout)
+        procstats.terminate(self.process, timeout)
 
 
 def start_nginx(ca: TestCA, directory: Path, *, log_requests: bool = False) -> Nginx:

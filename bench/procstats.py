@@ -1,8 +1,9 @@
-"""CPU time, RSS and children of processes, read from /proc (Linux only)."""
+"""CPU time, RSS and children of processes, read from /proc (Linux only); stopping one."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -47,3 +48,14 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def terminate(process: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM, then SIGKILL if it is still there after `timeout` seconds (this PID only)."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout)

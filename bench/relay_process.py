@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import subprocess
 import sys
@@ -14,67 +12,29 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import procstats
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from nginx_upstream import Nginx
+
+from push_relay.testing.apns_auth import generate_key
+from push_relay.testing.google_oauth import generate_service_account
 
 PUSH_RELAY = Path(sys.executable).with_name("push-relay")
 
 
-def _service_account(token_uri: str) -> str:
-    """A Google service-account key (fresh RSA key) whose token endpoint is nginx."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-    account = {
-        "type": "service_account",
-        "project_id": "bench",
-        "private_key_id": "bench-key-1",
-        "private_key": pem,
-        "client_email": "relay@bench.iam.gserviceaccount.com",
-        "client_id": "100000000000000000001",
-        "token_uri": token_uri,
-    }
-    return base64.b64encode(json.dumps(account).encode()).decode()
-
-
-def _apns_key(directory: Path) -> Path:
-    """A P-256 PKCS#8 `.p8` key, as Apple issues for provider tokens."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    path = directory / "AuthKey_BENCHKEY01.p8"
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return path
-
-
 def relay_config(nginx: Nginx, directory: Path, paths: tuple[str, ...] = ("fcm", "apns")) -> str:
-    """TOML sending FCM and APNs (both environments) to nginx."""
+    """TOML sending FCM and APNs (both environments) to nginx, with freshly generated keys."""
     sections = []
     if "fcm" in paths:
+        account = generate_service_account("bench")
         sections.append(f"""\
 [fcm]
-service_account_key_base64 = "{_service_account(nginx.token_uri)}"
+service_account_key_base64 = "{account.key_base64(nginx.token_uri)}"
 project_id = "bench"
 max_retries = 3
 endpoint = "{nginx.url}"
 """)
     if "apns" in paths:
-        sections.append(f"""\
-[apns]
-keyfile = "{_apns_key(directory)}"
-key_id = "BENCHKEY01"
-team_id = "BENCHTEAM1"
-production_endpoint = "{nginx.url}"
-sandbox_endpoint = "{nginx.url}"
-""")
+        key = generate_key(directory, key_id="BENCHKEY01", team_id="BENCHTEAM1")
+        sections.append(key.config_toml(nginx.url, nginx.url))
     return "\n".join(sections)
 
 
@@ -107,13 +67,7 @@ class RelayProcess:
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM (graceful drain), then SIGKILL whatever of it is left, by PID."""
         workers = procstats.children(self.process.pid)
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout)
+        procstats.terminate(self.process, timeout)
         for pid in workers:
             try:
                 os.kill(pid, 9)
