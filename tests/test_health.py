@@ -18,16 +18,6 @@ APP = "104455555"
 SECRET = "hms-client-secret-for-health"
 
 
-def hms_section(url: str, secret: str = SECRET) -> str:
-    return (
-        f"[hms.{APP}]\n"
-        f'client_id = "{APP}"\n'
-        f'client_secret = "{secret}"\n'
-        f'login_endpoint = "{url}"\n'
-        f'push_endpoint = "{url}"\n'
-    )
-
-
 @pytest.fixture
 async def hms(test_ca: TestCA) -> AsyncIterator[HmsSimulator]:
     simulator = HmsSimulator(test_ca)
@@ -57,7 +47,7 @@ async def test_ready_without_backends_is_ready(relay: RunningRelay) -> None:
 async def test_ready_names_every_configured_backend(
     start_relay: RelayStarter, gateway: GatewayRig, hms: HmsSimulator
 ) -> None:
-    async with start_relay(gateway.section + hms_section(hms.url)) as relay:
+    async with start_relay(gateway.section + hms.config_toml(APP)) as relay:
         status, body = await ready(relay)
     assert 200 == status
     assert {
@@ -72,7 +62,7 @@ async def test_ready_names_every_configured_backend(
 async def test_ready_is_503_when_a_backends_credentials_fail(
     start_relay: RelayStarter, gateway: GatewayRig, hms: HmsSimulator
 ) -> None:
-    async with start_relay(gateway.section + hms_section(hms.url, "wrong-secret")) as relay:
+    async with start_relay(gateway.section + hms.config_toml(APP, secret="wrong-secret")) as relay:
         status, body = await ready(relay)
         again = await ready(relay)
     assert 503 == status
@@ -93,7 +83,7 @@ async def test_ready_is_bounded_when_the_token_endpoint_hangs(
     slow.add_app(APP, SECRET)
     await slow.start()
     try:
-        async with start_relay(hms_section(slow.url)) as relay:
+        async with start_relay(slow.config_toml(APP)) as relay:
             started = time.monotonic()
             status, body = await ready(relay)
             elapsed = time.monotonic() - started

@@ -160,10 +160,7 @@ async def test_real_hms_backend_records_delivered_and_unknown_app(
     sim = HmsSimulator(test_ca)
     sim.add_app("104455555", "client-secret")
     await sim.start()
-    hms = (
-        '[hms.104455555]\nclient_id = "104455555"\nclient_secret = "client-secret"\n'
-        f'login_endpoint = "{sim.url}"\npush_endpoint = "{sim.url}"\n'
-    )
+    hms = sim.config_toml("104455555")
     try:
         async with start_relay(influx.config_toml(db) + hms) as relay:
             delivered = await relay.push(form("hms", 11) | {"appid": "104455555"})

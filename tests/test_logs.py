@@ -47,11 +47,7 @@ async def hms(test_ca: TestCA) -> AsyncIterator[HmsSimulator]:
 
 
 def config_text(hms: HmsSimulator, gateway: GatewayRig) -> str:
-    return (
-        f'[server]\nlog_hash_key = "{HASH_KEY}"\n\n{gateway.section}\n'
-        f'[hms.{APP}]\nclient_id = "{APP}"\nclient_secret = "{SECRET}"\n'
-        f'login_endpoint = "{hms.url}"\npush_endpoint = "{hms.url}"\n'
-    )
+    return f'[server]\nlog_hash_key = "{HASH_KEY}"\n\n{gateway.section}\n' + hms.config_toml(APP)
 
 
 async def run_pushes(

@@ -117,8 +117,7 @@ async def test_auth_refreshes_are_counted_by_result(
     hms = HmsSimulator(test_ca)
     hms.add_app(APP, SECRET)
     await hms.start()
-    good = f'[hms.{APP}]\nclient_id = "{APP}"\nclient_secret = "{SECRET}"\n'
-    good += f'login_endpoint = "{hms.url}"\npush_endpoint = "{hms.url}"\n'
+    good = hms.config_toml(APP)
     bad = good.replace(SECRET, "not-the-secret").replace(f"[hms.{APP}]", "[hms.other]")
     form = {"type": "hms", "token": "device", "session": "s", "version": "3"}
     try:

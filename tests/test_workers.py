@@ -137,10 +137,7 @@ async def test_workers_share_one_access_token(
     hms.add_app(APP, SECRET)
     await hms.start()
     config = tmp_path / "relay.toml"
-    config.write_text(
-        f'[hms.{APP}]\nclient_id = "{APP}"\nclient_secret = "{SECRET}"\n'
-        f'login_endpoint = "{hms.url}"\npush_endpoint = "{hms.url}"\n'
-    )
+    config.write_text(hms.config_toml(APP))
     relay = await RelayProcess.start(config, "--workers", "2")
     try:
         assert 2 == len(await pids_seen(fresh, relay, 2))

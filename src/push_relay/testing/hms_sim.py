@@ -114,6 +114,17 @@ class HmsSimulator(HttpSimulator):
     def add_app(self, client_id: str, client_secret: str) -> None:
         self.apps[client_id] = client_secret
 
+    def config_toml(self, app_id: str, *, secret: str | None = None) -> str:
+        """An `[hms.<app_id>]` section for the app added as `app_id` (its client id too),
+        with the secret it was added with unless `secret` is given."""
+        return (
+            f"[hms.{app_id}]\n"
+            f'client_id = "{app_id}"\n'
+            f'client_secret = "{self.apps[app_id] if secret is None else secret}"\n'
+            f'login_endpoint = "{self.url}"\n'
+            f'push_endpoint = "{self.url}"\n'
+        )
+
     def revoke_tokens(self) -> None:
         """Forget every issued access token: the next push with one gets 401/80200003."""
         self._issued.clear()
@@ -268,14 +279,8 @@ async def sandbox_part(ca: TestCA, workdir: Path) -> SandboxPart:
         )
 
     simulator.on_delivery = show
-    url = await simulator.start()
-    config = (
-        f"[hms.{app_id}]\n"
-        f'client_id = "{app_id}"\n'
-        f'client_secret = "{secret}"\n'
-        f'login_endpoint = "{url}"\n'
-        f'push_endpoint = "{url}"\n'
-    )
+    await simulator.start()
+    config = simulator.config_toml(app_id)
     token = "sandbox" + secrets.token_hex(16)
     example = f"type=hms&appid={app_id}&token={token}&session=123deadbeef&version=3"
     return SandboxPart("HMS Push Kit", config, [example], simulator.stop)
