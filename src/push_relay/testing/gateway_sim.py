@@ -84,6 +84,17 @@ class GatewaySimulator(HttpSimulator):
         self.recipients[identity] = key
         return bytes(key.public_key).hex()
 
+    def config_toml(self, private_key_file: Path) -> str:
+        """The relay's `[threema_gateway]` section: this gateway, its identity and secret, and
+        the file holding the identity's private key."""
+        return (
+            "[threema_gateway]\n"
+            f'base_url = "{self.url}"\n'
+            f'identity = "{self.identity}"\n'
+            f'secret = "{self.secret}"\n'
+            f'private_key_file = "{private_key_file}"\n'
+        )
+
     def routes(self) -> list[web.RouteDef]:
         return [web.post("/send_e2e", self._send_e2e)]
 
@@ -178,14 +189,8 @@ async def sandbox_part(ca: TestCA, workdir: Path) -> SandboxPart:
         )
 
     simulator.on_delivery = show
-    url = await simulator.start()
-    config = (
-        "[threema_gateway]\n"
-        f'base_url = "{url}"\n'
-        'identity = "*3MAPUSH"\n'
-        f'secret = "{secret}"\n'
-        f'private_key_file = "{key_file}"\n'
-    )
+    await simulator.start()
+    config = simulator.config_toml(key_file)
     example = (
         "type=threema-gateway&session=123deadbeef&version=3"
         f"&identity=ECHOECHO&public_key={public_key}"

@@ -155,12 +155,5 @@ async def start_gateway(ca: TestCA, workdir: Path, *, delay: float = 0.0) -> Gat
         public_key=bytes(key.public_key),
     )
     recipient_key = simulator.add_recipient(RECIPIENT)
-    url = await simulator.start()
-    section = (
-        "[threema_gateway]\n"
-        f'base_url = "{url}"\n'
-        f'identity = "{GATEWAY_IDENTITY}"\n'
-        f'secret = "{secret}"\n'
-        f'private_key_file = "{key_file}"\n'
-    )
-    return GatewayRig(simulator, section, recipient_key, secret)
+    await simulator.start()
+    return GatewayRig(simulator, simulator.config_toml(key_file), recipient_key, secret)
