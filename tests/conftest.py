@@ -1,15 +1,18 @@
-"""Shared fixtures: a test CA trusted through SSL_CERT_FILE, a running relay, a gateway."""
+"""Shared fixtures: a test CA trusted through SSL_CERT_FILE, a running relay, a gateway, and
+every simulated push service with a relay in front of them."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 import pytest
 
-from push_relay import config
+from push_relay import config, sandbox
 from push_relay.backends import Clients
+from push_relay.sandbox import SandboxPart
 from push_relay.testing.ca import TestCA
 from push_relay.testing.process import GatewayRig, start_gateway
 from push_relay.testing.relay import RelayStarter, RunningRelay, running_relay
@@ -62,3 +65,31 @@ async def gateway(test_ca: TestCA, tmp_path: Path) -> AsyncIterator[GatewayRig]:
     rig = await start_gateway(test_ca, tmp_path)
     yield rig
     await rig.simulator.stop()
+
+
+@pytest.fixture
+async def simulated_services(test_ca: TestCA, tmp_path: Path) -> AsyncIterator[list[SandboxPart]]:
+    """Every push service that has a simulator, set up as `push-relay sandbox` does."""
+    parts: list[SandboxPart] = []
+    try:
+        for start in sandbox.starters():
+            parts.append(await start(test_ca, tmp_path))
+        yield parts
+    finally:
+        for part in parts:
+            await part.stop()
+
+
+@pytest.fixture
+async def relay_with_services(
+    start_relay: RelayStarter, simulated_services: list[SandboxPart]
+) -> AsyncIterator[tuple[RunningRelay, list[dict[str, str]]]]:
+    """A relay configured for every simulated service, and each service's examples as fields."""
+    toml = "".join(part.config_toml for part in simulated_services) or "[server]\n"
+    examples = [
+        dict(parse_qsl(body, keep_blank_values=True))
+        for part in simulated_services
+        for body in part.examples
+    ]
+    async with start_relay(toml, clients=Clients(backoff_base=0.001)) as relay:
+        yield relay, examples

@@ -14,18 +14,12 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl
 
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
-from push_relay import sandbox
-from push_relay.backends import Clients
-from push_relay.sandbox import SandboxPart
-from push_relay.testing.ca import TestCA
 from push_relay.testing.process import GatewayRig
 from push_relay.testing.relay import RelayStarter, RunningRelay
 
@@ -176,19 +170,10 @@ async def test_allow_list_without_the_page_origin_makes_fetch_fail(
 
 
 async def test_every_simulated_service_reads_204_in_the_browser(
-    browser: webdriver.Chrome, start_relay: RelayStarter, test_ca: TestCA, tmp_path: Path
+    browser: webdriver.Chrome, relay_with_services: tuple[RunningRelay, list[dict[str, str]]]
 ) -> None:
     """The sandbox's example for each push service, sent by the browser as Threema Web would."""
-    parts: list[SandboxPart] = []
-    try:
-        for start in sandbox.starters():
-            parts.append(await start(test_ca, tmp_path))
-        toml = "".join(part.config_toml for part in parts)
-        examples = [dict(parse_qsl(body)) for part in parts for body in part.examples]
-        async with start_relay(toml, clients=Clients(backoff_base=0.001)) as relay:
-            results = [await wake_up(browser, relay, params) for params in examples]
-    finally:
-        for part in parts:
-            await part.stop()
+    relay, examples = relay_with_services
+    results = [await wake_up(browser, relay, params) for params in examples]
     assert examples
     assert [{"status": 204, "body": ""}] * len(examples) == results

@@ -9,16 +9,12 @@ oracle for what the server must answer: the front end may add nothing and lose n
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from pathlib import Path
-from urllib.parse import parse_qsl, quote, quote_plus, urlencode
+from urllib.parse import quote, quote_plus, urlencode
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from push_relay import sandbox
-from push_relay.backends import Clients
 from push_relay.errors import InvalidRequest
 from push_relay.request import (
     ApnsTarget,
@@ -29,9 +25,7 @@ from push_relay.request import (
     parse_unsigned,
     validate,
 )
-from push_relay.sandbox import SandboxPart
-from push_relay.testing.ca import TestCA
-from push_relay.testing.relay import RelayStarter, RunningRelay
+from push_relay.testing.relay import RunningRelay
 
 FORM = "application/x-www-form-urlencoded"
 NOT_OK = "Push not successful"
@@ -392,33 +386,6 @@ def test_very_long_numbers_are_parsed_without_crashing(text: str, expected: int 
 
 
 # -- through every simulated push service ----------------------------------------------------
-
-
-@pytest.fixture
-async def simulated_services(test_ca: TestCA, tmp_path: Path) -> AsyncIterator[list[SandboxPart]]:
-    """Every push service that has a simulator, set up as `push-relay sandbox` does."""
-    parts: list[SandboxPart] = []
-    try:
-        for start in sandbox.starters():
-            parts.append(await start(test_ca, tmp_path))
-        yield parts
-    finally:
-        for part in parts:
-            await part.stop()
-
-
-@pytest.fixture
-async def relay_with_services(
-    start_relay: RelayStarter, simulated_services: list[SandboxPart]
-) -> AsyncIterator[tuple[RunningRelay, list[dict[str, str]]]]:
-    toml = "".join(part.config_toml for part in simulated_services) or "[server]\n"
-    examples = [
-        dict(parse_qsl(body, keep_blank_values=True))
-        for part in simulated_services
-        for body in part.examples
-    ]
-    async with start_relay(toml, clients=Clients(backoff_base=0.001)) as relay:
-        yield relay, examples
 
 
 @HTTP_SETTINGS
