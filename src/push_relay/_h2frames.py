@@ -175,8 +175,7 @@ class HeaderCodec:
 
     def __init__(self) -> None:
         self.encoder = Encoder()
-        self.encoder.header_table_size = OUR_TABLE_SIZE
-        self.table_size = OUR_TABLE_SIZE
+        self.table_size = OUR_TABLE_SIZE  # HPACK's initial size, as the encoder starts with
         self.decoder = Decoder(max_header_list_size=MAX_HEADER_LIST)
         self.seen: dict[tuple[str, str], tuple[bytes, bytes, bool]] = {}
 
