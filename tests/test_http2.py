@@ -612,6 +612,11 @@ async def test_repeated_headers_are_indexed_and_a_zero_table_is_honoured(
         ),
         pytest.param(lambda sid: [RstStreamFrame(sid + 2)], 0x1, id="reset-of-an-idle-stream"),
         pytest.param(lambda sid: [raw_frame(0x6, 0, 0, b"abc")], 0x6, id="short-ping"),
+        pytest.param(  # ":status: 100" as an HPACK literal, on a HEADERS that ends the stream
+            lambda sid: [HeadersFrame(sid, b"\x08\x03100", flags=["END_HEADERS", "END_STREAM"])],
+            0x1,
+            id="1xx-ending-the-stream",
+        ),
     ],
 )
 async def test_protocol_errors_close_the_connection_with_goaway(

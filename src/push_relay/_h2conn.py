@@ -61,6 +61,7 @@ class H2Connection(Receiver):
         stream_id = self.next_id
         if stream_id > f.MAX_STREAM_ID:  # ids used up: the next request opens a new connection
             self.goaway_id = self.wire_id
+            self.release()  # closes this one once its streams are done
             raise NotSent
         self.next_id = stream_id + 2
         codec = self.codec

@@ -171,6 +171,8 @@ class Receiver(asyncio.Protocol):
                 raise f.FrameError(f.PROTOCOL_ERROR, f"response without :status on {stream_id}")
             status = int(fields[0][1])
             if status < 200:  # informational (1xx): the real response follows
+                if flags & f.END_STREAM:
+                    raise f.FrameError(f.PROTOCOL_ERROR, f"1xx ending stream {stream_id}")
                 return
             try:
                 stream.headers = {n.decode(): v.decode() for n, v, _ in fields if n[:1] != b":"}
