@@ -1,6 +1,6 @@
 """One client HTTP/2 connection as an asyncio protocol: the engine under `push_relay.http2`.
 
-A request is a `_Stream` whose future the caller awaits; no task, no coroutine per request.
+A request is a `Stream` whose future the caller awaits; no task, no coroutine per request.
 Outgoing frames collect in a list written with one `transport.write` per loop iteration.
 Received frames are dispatched by type (`_h2recv.Receiver`). Everything runs on the event
 loop, so no locks.
@@ -38,7 +38,6 @@ class H2Connection(Receiver):
         self.flush_pending = False
         self.ping_interval = ping_interval
         self.last_seen = loop.time()
-        self.ping_out = False
         self.ping_timer: asyncio.TimerHandle | None = None
 
     @property
