@@ -164,57 +164,64 @@ class FcmBackend:
 
     async def send(self, push: PushRequest) -> None:
         body = message_body(push, self.clients.clock())
-        unit = self.clients.backoff_base
         started = self.clients.clock()
         waited = 0.0  # nominal seconds slept so far
-        for attempt in range(self.config.max_retries + 1):
-            status, verdict = await self._attempt(body)
+        attempt = 0
+        while True:
+            token = self._valid_token() or await self._token()
+            try:  # awaited here rather than in a helper: one coroutine less to resume per answer
+                response = await self.h2.request(
+                    "POST", self.path, self._request_headers(token), body, REQUEST_TIMEOUT
+                )
+            except H2Error as err:  # connect, reset, timeout: the original answers 400
+                raise PushFailed(FailureKind.CLIENT, "connection_failed", str(err)) from None
+            status = response.status
+            if status == 401:  # the token was refused: the next push fetches another
+                self.clients.tokens.invalidate(TOKEN_KEY, token.value)
+            verdict = classify(status, response.headers, response.body)
             if verdict.delivered:
                 return
-            if not verdict.retry:
-                raise PushFailed(
-                    verdict.kind or FailureKind.INTERNAL,
-                    verdict.reason,
-                    verdict.detail,
-                    upstream_status=status,
-                )
-            if attempt == self.config.max_retries:
-                break
-            wait = verdict.retry_after
-            if wait is None:
-                wait = backoff(attempt, self.rng)
-            # No retry that would end after the push's ttl: nobody waits for that wakeup.
-            # Time spent is the clock's, or the nominal waits when the clock says less (a test
-            # clock that stands still while sleeps are scaled down by backoff_base).
             spent = max(waited, self.clients.clock() - started)
-            if spent + wait > push.ttl:
-                detail = f"{verdict.detail}; next retry in {wait:.1f} s would pass the ttl"
-                raise PushFailed(
-                    FailureKind.UPSTREAM, verdict.reason, detail, upstream_status=status
-                )
-            await asyncio.sleep(wait * unit)
+            wait = self._retry_wait(push, status, verdict, attempt, spent)
+            await asyncio.sleep(wait * self.clients.backoff_base)
             waited += wait
+            attempt += 1
             metrics.UPSTREAM_RETRIES.labels(self.name).inc()
-        detail = f"{verdict.detail}; gave up after {self.config.max_retries + 1} requests"
-        raise PushFailed(FailureKind.UPSTREAM, verdict.reason, detail, upstream_status=status)
 
-    async def _attempt(self, body: bytes) -> tuple[int, Verdict]:
+    def _retry_wait(
+        self, push: PushRequest, status: int, verdict: Verdict, attempt: int, spent: float
+    ) -> float:
+        """Nominal seconds before retrying a failed attempt, or the `PushFailed` to raise.
+
+        `spent` is the clock's time since the first attempt, or the nominal waits when the
+        clock says less (a test clock that stands still while sleeps are scaled down by
+        backoff_base).
+        """
+        if not verdict.retry:
+            kind = verdict.kind or FailureKind.INTERNAL
+            raise PushFailed(kind, verdict.reason, verdict.detail, upstream_status=status)
+        if attempt == self.config.max_retries:
+            detail = f"{verdict.detail}; gave up after {self.config.max_retries + 1} requests"
+            raise PushFailed(FailureKind.UPSTREAM, verdict.reason, detail, upstream_status=status)
+        wait = verdict.retry_after
+        if wait is None:
+            wait = backoff(attempt, self.rng)
+        if spent + wait > push.ttl:  # no retry that would end after the ttl: nobody waits
+            detail = f"{verdict.detail}; next retry in {wait:.1f} s would pass the ttl"
+            raise PushFailed(FailureKind.UPSTREAM, verdict.reason, detail, upstream_status=status)
+        return wait
+
+    def _valid_token(self) -> Token | None:
+        """The cached access token while it is valid, without a coroutine."""
         tokens = self.clients.tokens
-        token = tokens.peek(TOKEN_KEY)  # the cached token without a coroutine, while valid
-        if token is None or tokens.clock() >= token.refresh_at:
-            token = await self._token()
-        if token.value != self._headers_token:  # the request headers change with the token
+        token = tokens.peek(TOKEN_KEY)
+        return token if token is not None and tokens.clock() < token.refresh_at else None
+
+    def _request_headers(self, token: Token) -> list[tuple[str, str]]:
+        if token.value != self._headers_token:  # built once per access token
             self._headers_token = token.value
             self._headers = [("authorization", f"Bearer {token.value}"), _CONTENT_TYPE]
-        try:
-            response = await self.h2.request(
-                "POST", self.path, self._headers, body, REQUEST_TIMEOUT
-            )
-        except H2Error as err:  # connect, reset, timeout: the original answers 400
-            raise PushFailed(FailureKind.CLIENT, "connection_failed", str(err)) from None
-        if response.status == 401:  # the token was refused: the next push fetches another
-            self.clients.tokens.invalidate(TOKEN_KEY, token.value)
-        return response.status, classify(response.status, response.headers, response.body)
+        return self._headers
 
     async def _token(self) -> Token:
         return await self.clients.tokens.get(TOKEN_KEY, self._fetch_token)
