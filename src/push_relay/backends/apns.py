@@ -8,7 +8,6 @@ an `ExpiredProviderToken` answer, and then only if it is at least 20 minutes old
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +19,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from push_relay import metrics
 from push_relay.auth import Token
 from push_relay.backends import Clients, Readiness
+from push_relay.backends._json import json_object, to_json
 from push_relay.config import ApnsConfig
 from push_relay.errors import ConfigError, FailureKind, PushFailed
 from push_relay.http2 import H2Client, H2Error, H2TimeoutError
@@ -114,18 +114,13 @@ def classify(status: int, headers: dict[str, str], body: bytes) -> Verdict:
 
 
 def _reason(body: bytes) -> str:
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return ""
-    reason = data.get("reason") if isinstance(data, dict) else None
+    reason = (json_object(body) or {}).get("reason")
     return reason if isinstance(reason, str) else ""
 
 
-_to_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 # The body up to the varying `3mw` object: the same bytes json.dumps gives for the whole body.
-_ALERT_START = f'{{"aps":{_to_json(ALERT_APS)},"3mw":'
-_VOIP_START = f'{{"aps":{_to_json(VOIP_APS)},"3mw":'
+_ALERT_START = f'{{"aps":{to_json(ALERT_APS)},"3mw":'
+_VOIP_START = f'{{"aps":{to_json(VOIP_APS)},"3mw":'
 _ALERT_TYPE = ("apns-push-type", "alert")
 _VOIP_TYPE = ("apns-push-type", "voip")
 _PRIORITY = ("apns-priority", "10")
@@ -144,7 +139,7 @@ def build_request(push: PushRequest, now: float) -> tuple[str, list[tuple[str, s
     ]
     if push.collapse_key is not None:
         headers.append(("apns-collapse-id", push.collapse_key))
-    payload = _to_json(ThreemaPayload.for_push(push, now).as_numbers())
+    payload = to_json(ThreemaPayload.for_push(push, now).as_numbers())
     body = f"{_VOIP_START if voip else _ALERT_START}{payload}}}"
     return f"/3/device/{target.token}", headers, body.encode()
 

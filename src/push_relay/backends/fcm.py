@@ -14,7 +14,6 @@ so tests run a whole retry schedule in milliseconds.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import re
@@ -30,6 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from push_relay import metrics
 from push_relay.auth import Token
 from push_relay.backends import Clients, Readiness
+from push_relay.backends._json import json_object, to_json
 from push_relay.config import FcmConfig, ServiceAccount
 from push_relay.errors import FailureKind, PushFailed
 from push_relay.http2 import H2Client, H2Error
@@ -67,7 +67,7 @@ class Verdict:
 def classify(status: int, headers: Mapping[str, str], body: bytes) -> Verdict:
     """Map a `messages:send` answer to a verdict (contract §4)."""
     if 200 <= status < 300:
-        name = (_json_object(body) or {}).get("name")
+        name = (json_object(body) or {}).get("name")
         if isinstance(name, str):
             return Verdict(None, "delivered")
         return Verdict(FailureKind.INTERNAL, "bad_response", f"{status} body has no message name")
@@ -100,7 +100,7 @@ def backoff(attempt: int, rng: random.Random) -> float:
 
 def _error_detail(status: int, body: bytes) -> str:
     """`<status> <FCM status>[/<FcmError code>]`; FCM's free-text message is never quoted."""
-    error = (_json_object(body) or {}).get("error")
+    error = (json_object(body) or {}).get("error")
     if not isinstance(error, dict):
         return str(status)
     parts = [str(status)]
@@ -113,17 +113,6 @@ def _error_detail(status: int, body: bytes) -> str:
     return " ".join(parts)
 
 
-def _json_object(body: bytes) -> dict[str, Any] | None:
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-_to_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-
-
 def message_body(push: PushRequest, now: float) -> bytes:
     """The exact request JSON of contract §4; built once, so every retry sends these bytes.
 
@@ -132,11 +121,11 @@ def message_body(push: PushRequest, now: float) -> bytes:
     """
     target = push.target
     assert isinstance(target, FcmTarget)
-    data = _to_json(ThreemaPayload.for_push(push, now).as_strings())
+    data = to_json(ThreemaPayload.for_push(push, now).as_strings())
     collapse = push.collapse_key
-    android = "" if collapse is None else f'"collapse_key":{_to_json(collapse)},'
+    android = "" if collapse is None else f'"collapse_key":{to_json(collapse)},'
     return (
-        f'{{"message":{{"token":{_to_json(target.token)},"data":{data},'
+        f'{{"message":{{"token":{to_json(target.token)},"data":{data},'
         f'"android":{{{android}"priority":"HIGH","ttl":"{push.ttl}s"}}}}}}'
     ).encode()
 
@@ -269,7 +258,7 @@ class FcmBackend:
 
 def parse_token(status: int, body: bytes, now: float) -> Token:
     """The token endpoint's answer as a cached `Token`, or `PushFailed` (500, `auth_failed`)."""
-    data = _json_object(body) or {}
+    data = json_object(body) or {}
     if status != 200:
         error = data.get("error")
         reason = f" ({error[:40]})" if isinstance(error, str) else ""

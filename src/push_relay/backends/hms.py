@@ -8,7 +8,6 @@ answer (HTTP status, then the result `code` of a 200 body) to whose fault a fail
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +17,7 @@ import aiohttp
 from push_relay import metrics
 from push_relay.auth import Token
 from push_relay.backends import Clients, Readiness
+from push_relay.backends._json import json_object, to_json
 from push_relay.config import HmsConfig
 from push_relay.errors import FailureKind, PushFailed
 from push_relay.payload import ThreemaPayload
@@ -85,7 +85,7 @@ def classify(status: int, body: bytes) -> Verdict:
 
 def _result_code(body: bytes) -> str | None:
     """The `code` of a well-formed result (string `code`, `msg` and `requestId`), else None."""
-    data = _json_object(body)
+    data = json_object(body)
     if data is None:
         return None
     if not all(isinstance(data.get(key), str) for key in ("code", "msg", "requestId")):
@@ -95,17 +95,9 @@ def _result_code(body: bytes) -> str | None:
 
 
 def _code_detail(body: bytes) -> str:
-    data = _json_object(body)
+    data = json_object(body)
     code = data.get("code") if data else None
     return f"code {code}" if isinstance(code, str | int) else ""
-
-
-def _json_object(body: bytes) -> dict[str, Any] | None:
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def parse_token(status: int, body: bytes, now: float) -> Token:
@@ -118,7 +110,7 @@ def parse_token(status: int, body: bytes, now: float) -> Token:
             f"token endpoint answered {status}{detail}",
             upstream_status=status,
         )
-    data = _json_object(body) or {}
+    data = json_object(body) or {}
     access_token = data.get("access_token")
     expires_in = data.get("expires_in")
     if not isinstance(access_token, str) or type(expires_in) is not int:
@@ -134,7 +126,7 @@ def parse_token(status: int, body: bytes, now: float) -> Token:
 
 
 def _oauth_error(body: bytes) -> str:
-    data = _json_object(body)
+    data = json_object(body)
     if not data:
         return ""
     parts = [f"{key} {data[key]}" for key in ("error", "sub_error") if key in data]
@@ -155,7 +147,7 @@ def message_body(push: PushRequest, token: str, high_priority: bool, now: float)
         "android": android,
         "token": [token],
     }
-    return json.dumps({"message": message}, separators=(",", ":"), ensure_ascii=False).encode()
+    return to_json({"message": message}).encode()
 
 
 class HmsBackend:
