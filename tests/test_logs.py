@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import json
 import logging
 import os
@@ -34,7 +33,8 @@ SESSION = "0123456789abcdefSESSIONTAIL"
 
 
 def token_hash(token: str) -> str:
-    return hmac.new(HASH_KEY.encode(), token.encode(), hashlib.sha256).hexdigest()[:16]
+    key = hashlib.sha256(HASH_KEY.encode()).digest()
+    return hashlib.blake2b(token.encode(), key=key, digest_size=8).hexdigest()
 
 
 @pytest.fixture

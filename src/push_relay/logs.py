@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import json
 import logging
 import os
@@ -55,11 +54,18 @@ class TextFormatter(logging.Formatter):
         self._stamp = ""
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        second = int(record.created)
+        return self._time(record.created)
+
+    def _time(self, created: float) -> str:
+        second = int(created)
         if second != self._second:
             self._second = second
-            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(record.created))
-        return f"{self._stamp},{int(record.msecs):03d}"
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(created))
+        return f"{self._stamp},{int((created - second) * 1000):03d}"
+
+    def line(self, levelname: str, name: str, message: str) -> str:
+        """What `format` makes of a record without exception info, logged now."""
+        return f"{self._time(time.time())} {levelname} {name}: {message}"
 
 
 class LoopBatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -82,6 +88,12 @@ class LoopBatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self.handleError(record)
             return
         if record.levelno >= logging.WARNING or not self._schedule():
+            self.flush()
+
+    def write_line(self, levelno: int, line: str) -> None:
+        """Queue an already formatted line, as `emit` does with a record's."""
+        self._lines.append(line)
+        if levelno >= logging.WARNING or not self._schedule():
             self.flush()
 
     def _schedule(self) -> bool:
@@ -109,11 +121,30 @@ class LoopBatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 _structured = False
+_root = logging.getLogger()
 
 
 def structured() -> bool:
     """True when log lines are JSON, so callers attach their fields as `extra`."""
     return _structured
+
+
+def direct_text_handler(logger: logging.Logger) -> tuple[LoopBatchingHandler, TextFormatter] | None:
+    """The handler a line of `logger` ends up in, when `setup` installed the only one (text).
+
+    Lets the per-push line skip the LogRecord machinery: a measurable share of the relay's
+    CPU per push. Anything else attached (a test's log capture, filters) takes the normal path.
+    """
+    handlers = _root.handlers
+    if len(handlers) != 1 or logger.handlers or logger.filters or not logger.propagate:
+        return None
+    handler = handlers[0]
+    formatter = handler.formatter
+    if type(handler) is not LoopBatchingHandler or type(formatter) is not TextFormatter:
+        return None
+    if handler.filters or _root.filters:
+        return None
+    return handler, formatter
 
 
 def setup(level: str = "info", fmt: str = "text") -> None:
@@ -142,12 +173,14 @@ def setup(level: str = "info", fmt: str = "text") -> None:
 class TokenHasher:
     """Keyed hash of device tokens: correlates pushes to one device without revealing it.
 
-    With no configured key, a random per-process key is used; configure `[server]
-    log_hash_key` so hashes stay comparable across restarts and workers.
+    The hash is keyed BLAKE2b (a MAC by design, three times cheaper than HMAC-SHA256 here),
+    8 bytes in hex, keyed with the SHA-256 of `[server] log_hash_key`. With no configured key,
+    a random per-process key is used; configure one so hashes stay comparable across
+    restarts and workers, and so an operator can compute the hash of a token they know.
     """
 
     def __init__(self, key: str | None = None) -> None:
-        self._key = key.encode() if key else os.urandom(32)
+        self._key = hashlib.sha256(key.encode()).digest() if key else os.urandom(32)
 
     def __call__(self, token: str) -> str:
-        return hmac.digest(self._key, token.encode(), hashlib.sha256)[:8].hex()
+        return hashlib.blake2b(token.encode(), key=self._key, digest_size=8).hexdigest()

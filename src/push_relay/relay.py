@@ -157,6 +157,13 @@ class Relay:
             f"duration_ms={outcome.duration * 1000:.1f} session={session} device={token_hash}"
             f"{f' detail={detail!r}' if detail else ''}"
         )
+        direct = None if extra else logs.direct_text_handler(log)
+        if direct is not None:
+            handler, formatter = direct
+            handler.write_line(
+                level, formatter.line(logging.getLevelName(level), log.name, message)
+            )
+            return
         record = log.makeRecord(log.name, level, __file__, 0, message, (), None, extra=extra)
         log.handle(record)
 
