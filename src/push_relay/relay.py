@@ -65,14 +65,37 @@ class Relay:
 
     async def push(self, push: PushRequest) -> Outcome:
         """Relay one push; never raises for a push service's failure."""
-        started = time.perf_counter()
         backend = self.backends.get(type(push.target))
         if self.in_flight >= self.max_in_flight:
             outcome = Outcome(503, "overloaded", detail="too many pushes in flight")
         elif backend is None:
             outcome = Outcome(400, "not_configured", detail="backend not configured")
         else:
-            outcome = await self._send(backend, push, started)
+            # sent from here, not from a helper coroutine: one frame less to resume per answer
+            started = time.perf_counter()
+            self.in_flight += 1
+            self._idle.clear()
+            metrics.IN_FLIGHT.inc()
+            failure: PushFailed | None = None
+            try:
+                await backend.send(push)
+            except PushFailed as err:
+                failure = err
+            except Exception as err:  # a bug in a backend must not drop the client's answer
+                log.exception("backend %s crashed", backend.name)
+                failure = PushFailed(FailureKind.INTERNAL, "internal_error", type(err).__name__)
+            finally:
+                self.in_flight -= 1
+                metrics.IN_FLIGHT.dec()
+                if self.in_flight == 0:
+                    self._idle.set()
+            duration = time.perf_counter() - started
+            if failure is None:
+                outcome = Outcome(204, "delivered", duration=duration)
+            else:
+                status, reason = failure.status, failure.reason
+                outcome = Outcome(status, reason, failure.upstream_status, failure.detail, duration)
+            self._upstream_seconds(TYPE_NAMES[type(push.target)]).observe(duration)
         self._report(push, outcome)
         return outcome
 
@@ -88,34 +111,6 @@ class Relay:
         if child is None:
             child = self._requests[key] = metrics.REQUESTS.labels(kind, str(status), reason)
         return child
-
-    async def _send(self, backend: Backend, push: PushRequest, started: float) -> Outcome:
-        self.in_flight += 1
-        self._idle.clear()
-        metrics.IN_FLIGHT.inc()
-        try:
-            await backend.send(push)
-            outcome = Outcome(204, "delivered", duration=time.perf_counter() - started)
-        except PushFailed as failure:
-            outcome = Outcome(
-                failure.status,
-                failure.reason,
-                failure.upstream_status,
-                failure.detail,
-                time.perf_counter() - started,
-            )
-        except Exception as err:  # a bug in a backend must not drop the client's answer
-            log.exception("backend %s crashed", backend.name)
-            outcome = Outcome(
-                FailureKind.INTERNAL.status, "internal_error", detail=type(err).__name__
-            )
-        finally:
-            self.in_flight -= 1
-            metrics.IN_FLIGHT.dec()
-            if self.in_flight == 0:
-                self._idle.set()
-        self._upstream_seconds(TYPE_NAMES[type(push.target)]).observe(outcome.duration)
-        return outcome
 
     def _report(self, push: PushRequest, outcome: Outcome) -> None:
         kind = TYPE_NAMES[type(push.target)]
