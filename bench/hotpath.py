@@ -34,9 +34,9 @@ HERE = Path(__file__).resolve().parent
 
 # (label, substring of a frame's file) for the own-time split by component; first match wins
 COMPONENTS = (
-    ("h2 + hpack (HTTP/2 framing, header coding)", ("h2/", "hpack/")),
+    ("our HTTP/2 client (framing, HPACK via jh2's codec)", ("push_relay/_h2", "push_relay/http2")),
     ("uvicorn (HTTP/1.1 server; includes its socket writes)", ("uvicorn/",)),
-    ("logging (one line per push)", ("logging/",)),
+    ("logging (one line per push, incl. the token hash)", ("logging/", "push_relay/logs")),
     ("json", ("json/",)),
     ("prometheus_client (metrics)", ("prometheus_client/",)),
     ("ssl", ("ssl.py",)),
