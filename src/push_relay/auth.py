@@ -109,14 +109,18 @@ class TokenCache:
         self._tokens: dict[str, Token] = {}
         self._pending: dict[str, asyncio.Future[Token]] = {}
 
-    def peek(self, key: str) -> Token | None:
-        """The cached token, valid or not, without fetching."""
-        return self._tokens.get(key)
+    def _fresh(self, token: Token | None) -> Token | None:
+        return token if token is not None and self.clock() < token.refresh_at else None
+
+    def valid(self, key: str) -> Token | None:
+        """The cached token while it is not due for refresh; no fetch, no coroutine (the hot
+        path of every push)."""
+        return self._fresh(self._tokens.get(key))
 
     async def get(self, key: str, fetch: Fetch) -> Token:
         """A valid token for `key`; fetches (once, for all waiters) when there is none."""
-        token = self._tokens.get(key)
-        if token is not None and self.clock() < token.refresh_at:
+        token = self.valid(key)
+        if token is not None:
             return token
         pending = self._pending.get(key)
         if pending is None:
@@ -140,12 +144,12 @@ class TokenCache:
         store = self.store
         if store is None:
             return await fetch()
-        token = store.read(key)
-        if token is not None and self.clock() < token.refresh_at:
+        token = self._fresh(store.read(key))
+        if token is not None:
             return token  # another worker fetched it
         async with store.lock(key):
-            token = store.read(key)
-            if token is not None and self.clock() < token.refresh_at:
+            token = self._fresh(store.read(key))
+            if token is not None:
                 return token  # fetched by the worker that held the lock before us
             token = await fetch()
             store.write(key, token)

@@ -167,10 +167,7 @@ class ApnsBackend:
         target = push.target
         assert isinstance(target, ApnsTarget)
         path, headers, body = build_request(push, self._clients.clock())
-        tokens = self._clients.tokens
-        token = tokens.peek(self._token_key)  # the cached token without a coroutine, while valid
-        if token is None or tokens.clock() >= token.refresh_at:
-            token = await self._provider_token()
+        token = self._clients.tokens.valid(self._token_key) or await self._provider_token()
         verdict = await self._post(target, path, headers, body, token)
         if verdict.provider_token_expired and self._may_renew(token):
             log.info("apns: provider token expired early; renewing it and retrying once")

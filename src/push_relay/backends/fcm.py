@@ -157,7 +157,7 @@ class FcmBackend:
         waited = 0.0  # nominal seconds slept so far
         attempt = 0
         while True:
-            token = self._valid_token() or await self._token()
+            token = self.clients.tokens.valid(TOKEN_KEY) or await self._token()
             try:  # awaited here rather than in a helper: one coroutine less to resume per answer
                 response = await self.h2.request(
                     "POST", self.path, self._request_headers(token), body, REQUEST_TIMEOUT
@@ -199,12 +199,6 @@ class FcmBackend:
             detail = f"{verdict.detail}; next retry in {wait:.1f} s would pass the ttl"
             raise PushFailed(FailureKind.UPSTREAM, verdict.reason, detail, upstream_status=status)
         return wait
-
-    def _valid_token(self) -> Token | None:
-        """The cached access token while it is valid, without a coroutine."""
-        tokens = self.clients.tokens
-        token = tokens.peek(TOKEN_KEY)
-        return token if token is not None and tokens.clock() < token.refresh_at else None
 
     def _request_headers(self, token: Token) -> list[tuple[str, str]]:
         if token.value != self._headers_token:  # built once per access token
