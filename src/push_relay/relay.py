@@ -65,6 +65,7 @@ class Relay:
 
     async def push(self, push: PushRequest) -> Outcome:
         """Relay one push; never raises for a push service's failure."""
+        kind = TYPE_NAMES[type(push.target)]
         backend = self.backends.get(type(push.target))
         if self.in_flight >= self.max_in_flight:
             outcome = Outcome(503, "overloaded", detail="too many pushes in flight")
@@ -95,8 +96,8 @@ class Relay:
             else:
                 status, reason = failure.status, failure.reason
                 outcome = Outcome(status, reason, failure.upstream_status, failure.detail, duration)
-            self._upstream_seconds(TYPE_NAMES[type(push.target)]).observe(duration)
-        self._report(push, outcome)
+            self._upstream_seconds(kind).observe(duration)
+        self._report(kind, push, outcome)
         return outcome
 
     def _upstream_seconds(self, kind: str) -> Histogram:
@@ -112,8 +113,7 @@ class Relay:
             child = self._requests[key] = metrics.REQUESTS.labels(kind, str(status), reason)
         return child
 
-    def _report(self, push: PushRequest, outcome: Outcome) -> None:
-        kind = TYPE_NAMES[type(push.target)]
+    def _report(self, kind: str, push: PushRequest, outcome: Outcome) -> None:
         self._requests_counter(kind, outcome.status, outcome.reason).inc()
         for observer in self.observers:
             observer.observe(push, outcome)
