@@ -13,15 +13,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from push_relay import metrics
 from push_relay.auth import Token
 from push_relay.backends import Clients, Readiness
 from push_relay.backends._json import json_object, to_json
-from push_relay.config import ApnsConfig
-from push_relay.errors import ConfigError, FailureKind, PushFailed
+from push_relay.config import ApnsConfig, load_signing_key
+from push_relay.errors import FailureKind, PushFailed
 from push_relay.http2 import H2Client, H2Error, H2TimeoutError
 from push_relay.payload import ThreemaPayload
 from push_relay.request import ApnsTarget, PushRequest
@@ -52,26 +50,6 @@ CLIENT_REASONS: dict[str, str] = {
     "TopicDisallowed": "bad_topic",
 }
 EXPIRED_PROVIDER_TOKEN = "ExpiredProviderToken"
-
-
-def load_signing_key(
-    pem: bytes, keyfile: str, config_path: str | None = None
-) -> ec.EllipticCurvePrivateKey:
-    """The P-256 key of a PKCS#8 PEM `.p8` file, or a `ConfigError` naming the file."""
-
-    def error(problem: str) -> ConfigError:
-        message = f"{keyfile}: {problem}" if config_path else problem
-        return ConfigError(config_path or keyfile, message, "apns.keyfile")
-
-    if b"-----BEGIN PRIVATE KEY-----" not in pem:
-        raise error("not a PKCS#8 PEM private key (expected '-----BEGIN PRIVATE KEY-----')")
-    try:
-        key = load_pem_private_key(pem, password=None)
-    except (ValueError, TypeError):
-        raise error("the private key cannot be decoded") from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
-        raise error("not a P-256 (ES256) key")
-    return key
 
 
 @dataclass(frozen=True, slots=True)
