@@ -51,14 +51,18 @@ class PushRelayApp:
         config: Config,
         runtime_factory: Callable[[Config], Awaitable[Runtime]] = Runtime.start,
     ) -> None:
-        self.config = config
-        self.server: ServerConfig = config.server
+        self._set_config(config)
         self._runtime_factory = runtime_factory
         self.runtime: Runtime | None = None
         self.draining = False
         self._probe: ReadinessProbe | None = None
+        self._retiring: set[asyncio.Task[None]] = set()  # runtimes replaced by a reload
         # tells operators (and tests) which worker process answered /health
         self._worker = (b"x-push-relay-worker", str(os.getpid()).encode())
+
+    def _set_config(self, config: Config) -> None:
+        self.config = config
+        self.server: ServerConfig = config.server
         self._cors_any = "*" in self.server.cors_origins
         self._cors_origins = {o.encode() for o in self.server.cors_origins}
 
@@ -87,8 +91,25 @@ class PushRelayApp:
                 self.start_draining()
                 if self.runtime is not None:
                     await self.runtime.stop()
+                if self._retiring:
+                    await asyncio.wait(self._retiring)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def use_config(self, config: Config) -> None:
+        """Serve new pushes with `config` (a reload): a new runtime (backends, clients, sinks)
+        is built, then swapped in at once; pushes in flight finish on the old one, which then
+        closes its connections. A section the backends refuse raises, and nothing changes."""
+        runtime = await self._runtime_factory(config)
+        old, self.runtime = self.runtime, runtime
+        self._set_config(config)
+        self._probe = ReadinessProbe(runtime.relay, config.backend_names())
+        if self.draining:
+            runtime.draining = True
+        if old is not None:
+            task = asyncio.get_running_loop().create_task(old.stop())
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
 
     def start_draining(self) -> None:
         """From now on `/ready` answers 503; pushes already accepted are still relayed."""

@@ -35,6 +35,16 @@ class Token:
 Fetch = Callable[[], Awaitable[Token]]
 
 
+def credential_key(kind: str, *credential: str) -> str:
+    """The cache key of the tokens one credential obtains, e.g. `fcm:<digest>`.
+
+    It changes with the credential, so after a reload with a new key or account no worker
+    adopts a token the old credential obtained; the digest keeps secrets out of the key.
+    """
+    digest = hashlib.sha256("\0".join(credential).encode()).hexdigest()[:16]
+    return f"{kind}:{digest}"
+
+
 class SharedTokenStore:
     """Tokens shared between the worker processes of one relay, one file per key.
 

@@ -1,17 +1,20 @@
-"""The `push-relay` command: run the relay, check a config, or start the sandbox."""
+"""The `push-relay` command: run the relay, check a config, reload a running relay, or start
+the sandbox."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
 import logging
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 # nothing here may import prometheus-client (metrics): with --workers N its multiprocess
 # directory must be set first
-from push_relay import __version__, config, logs
+from push_relay import __version__, config, logs, reload
 from push_relay.address import ListenAddressError, parse_listen
 from push_relay.errors import ConfigError
 
@@ -39,7 +42,9 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
     run = argparse.ArgumentParser(
         prog="push-relay",
         description="Relay push requests to APNs, FCM, HMS and the Threema Gateway.",
-        epilog="Other commands: 'push-relay check-config -c FILE', 'push-relay sandbox'.",
+        epilog="Other commands: 'push-relay check-config -c FILE', "
+        "'push-relay reload --pid-file FILE', 'push-relay sandbox'. "
+        "SIGHUP reloads the config; SIGTERM drains and exits.",
     )
     run.add_argument("-V", "--version", action="version", version=f"push-relay {__version__}")
     run.add_argument(
@@ -64,6 +69,11 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
         metavar="N",
         help="worker processes sharing the port (default: 1)",
     )
+    run.add_argument(
+        "--pid-file",
+        metavar="PATH",
+        help="write the relay's process id here (for 'push-relay reload'); removed at exit",
+    )
     _common(run)
 
     check = argparse.ArgumentParser(
@@ -80,14 +90,26 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
     )
     sandbox.add_argument("-l", "--listen", default=DEFAULT_LISTEN, metavar="IP:PORT")
     _common(sandbox)
-    return {"run": run, "check-config": check, "sandbox": sandbox}
+
+    reload_cmd = argparse.ArgumentParser(
+        prog="push-relay reload",
+        description="Have a running relay reload its config (SIGHUP, as 'kill -HUP PID'). "
+        "With -c, the config is checked first and nothing is sent if it is invalid. The relay "
+        "logs one line when the new config serves, or why it kept the old one.",
+    )
+    target = reload_cmd.add_mutually_exclusive_group(required=True)
+    target.add_argument("--pid-file", metavar="PATH", help="as given to the relay's --pid-file")
+    target.add_argument("--pid", type=int, metavar="PID", help="the relay's (supervisor's) pid")
+    reload_cmd.add_argument("-c", "--config", metavar="PATH", help="check this config first")
+    _common(reload_cmd)
+    return {"run": run, "check-config": check, "sandbox": sandbox, "reload": reload_cmd}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     parsers = _parsers()
     command = "run"
-    if args_list and args_list[0] in ("check-config", "sandbox"):
+    if args_list and args_list[0] in ("check-config", "sandbox", "reload"):
         command = args_list.pop(0)
     args = parsers[command].parse_args(args_list)
     if args.log_level not in LOG_LEVELS:  # argparse does not check a default from $LOG_LEVEL
@@ -103,21 +125,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return _with_listen(args.listen, run_sandbox)
 
+    if command == "reload":
+        return _send_reload(args)
     if command == "check-config":
         cfg = _load(args.config)
         if cfg is None:
             return EXIT_CONFIG
         print(summarize(cfg))
         return 0
-    if args.workers == 1:
-        return _run(args)
-    from push_relay import workers
+    with _pid_file(args.pid_file):
+        if args.workers == 1:
+            return _run(args)
+        from push_relay import workers
 
-    state = workers.create_state_dir()
-    try:
-        return _run(args, state)
-    finally:
-        workers.remove_state_dir(state)
+        state = workers.create_state_dir()
+        try:
+            return _run(args, state)
+        finally:
+            workers.remove_state_dir(state)
 
 
 def _run(args: argparse.Namespace, state: os.PathLike[str] | None = None) -> int:
@@ -132,8 +157,6 @@ def _run(args: argparse.Namespace, state: os.PathLike[str] | None = None) -> int
             from push_relay.server import serve
 
             return serve(PushRelayApp(cfg), host, port)
-        from pathlib import Path
-
         from push_relay.workers import run_workers
 
         return run_workers(cfg, host, port, args.workers, Path(state))
@@ -145,28 +168,47 @@ def _load(path: str) -> config.Config | None:
     """The config, validated as start-up does (backends built, key files parsed), or None
     after printing one line that names the file and key."""
     try:
-        cfg = config.load(path)
-        asyncio.run(_build_backends(cfg))
+        cfg = reload.load_checked(path)
     except ConfigError as err:
         print(f"push-relay: config error: {err}", file=sys.stderr)
-        return None
-    except Exception as err:  # a backend refused its section: still one line, no traceback
-        print(f"push-relay: config error: {path}: {err}", file=sys.stderr)
         return None
     for warning in cfg.warnings:
         log.warning("%s", warning)
     return cfg
 
 
-async def _build_backends(cfg: config.Config) -> None:
-    from push_relay.backends import Clients, build_backends
-
-    clients = Clients()
+@contextlib.contextmanager
+def _pid_file(path: str | None) -> Iterator[None]:
+    if path is None:
+        yield
+        return
+    pid_path = Path(path)
+    pid_path.write_text(f"{os.getpid()}\n")
     try:
-        for backend in build_backends(cfg, clients).values():
-            await backend.aclose()
+        yield
     finally:
-        await clients.aclose()
+        with contextlib.suppress(FileNotFoundError):
+            pid_path.unlink()
+
+
+def _send_reload(args: argparse.Namespace) -> int:
+    """`push-relay reload`: check the config when given, then SIGHUP the relay."""
+    if args.config is not None and _load(args.config) is None:
+        return EXIT_CONFIG
+    pid = args.pid
+    if args.pid_file is not None:
+        try:
+            pid = int(Path(args.pid_file).read_text().strip())
+        except (OSError, ValueError) as err:
+            print(f"push-relay: cannot read a pid from {args.pid_file}: {err}", file=sys.stderr)
+            return 1
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError as err:
+        print(f"push-relay: cannot signal pid {pid}: {err.strerror or err}", file=sys.stderr)
+        return 1
+    print(f"push-relay: sent SIGHUP to pid {pid}; the relay logs the outcome")
+    return 0
 
 
 def _worker_count(text: str) -> int:

@@ -3,7 +3,8 @@
 Lifecycle of one worker: start-up (lifespan builds the runtime) → serve → on SIGTERM/SIGINT:
 `/ready` turns 503, the listening socket closes, requests in flight (retry waits included) finish
 and are answered within `[server] shutdown_grace_secs`, the runtime stops (InfluxDB flushed,
-connections closed), and the process exits 0.
+connections closed), and the process exits 0. On SIGHUP the config is reloaded
+(`push_relay.reload`); a worker of `--workers N` leaves SIGHUP to its supervisor.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ import gc
 import logging
 import signal
 import socket
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from push_relay.address import ListenAddressError, parse_listen
 from push_relay.app import PushRelayApp
+from push_relay.reload import Reloader
 
 __all__ = ["EmbeddedServer", "ListenAddressError", "RelayServer", "parse_listen", "serve"]
 
@@ -36,6 +38,8 @@ def _timeout_answer(text: bytes) -> bytes:
 
 HEADER_TIMEOUT_ANSWER = _timeout_answer(b"Request header timed out")
 BODY_TIMEOUT_ANSWER = _timeout_answer(b"Request body timed out")
+# draining: how long a connection between two requests stays open for its client's next request
+DRAIN_IDLE_SECS = 1.0
 
 
 class SlowClientProtocol(HttpToolsProtocol):
@@ -51,6 +55,7 @@ class SlowClientProtocol(HttpToolsProtocol):
 
     header_timeout = 10.0
     body_timeout = 10.0
+    _draining = False
     _timer: asyncio.TimerHandle | None = None
     _deadline = 0.0
     _answer = b""  # what a timed-out request is told; empty: nothing begun, just close
@@ -72,6 +77,8 @@ class SlowClientProtocol(HttpToolsProtocol):
             self._disarm()
             self._timer = self.loop.call_at(self._deadline, self._on_timer)
         super().on_headers_complete()
+        if self._draining:
+            self.cycle.keep_alive = False  # the answer says `Connection: close`
 
     def on_message_complete(self) -> None:
         self._answer = b""
@@ -81,6 +88,23 @@ class SlowClientProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
+
+    def shutdown(self) -> None:
+        """Drain this connection without resetting a request the client is sending.
+
+        uvicorn closes a connection between two requests at once, so a client that has just
+        sent its next request on it (an HTTP/1.1 race) sees a reset, not an answer. Instead it
+        gets `DRAIN_IDLE_SECS` for that request, whose answer then says `Connection: close`;
+        a connection idle for that long is closed, as the keep-alive timeout would.
+        """
+        self._draining = True
+        if self.cycle is None or self.cycle.response_complete:
+            self._unset_keepalive_if_required()
+            self.timeout_keep_alive_task = self.loop.call_later(
+                DRAIN_IDLE_SECS, self.timeout_keep_alive_handler
+            )
+        else:
+            self.cycle.keep_alive = False
 
     def _arm(self, timeout: float) -> None:
         self._deadline = self.loop.time() + timeout
@@ -137,23 +161,36 @@ class RelayServer(uvicorn.Server):
     SIGTERM instead of exiting 0; a second SIGINT still forces the exit.
     """
 
-    def __init__(self, config: uvicorn.Config, app: PushRelayApp) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        app: PushRelayApp,
+        *,
+        reloader: Reloader | None = None,
+        on_started: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__(config)
         self.app = app
+        self.reloader = reloader
+        self.on_started = on_started
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        if self.reloader is not None:
+            loop.add_signal_handler(signal.SIGHUP, self.reloader.request)
         try:
             yield
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
+        if self.started and self.on_started is not None:
+            self.on_started()
         # Everything built so far (modules, config, backends) lives for the whole process:
         # keep it out of the collector's full passes, which otherwise stall the loop for
         # 15-20 ms under load (measured with bench/run.py).
@@ -169,14 +206,24 @@ class RelayServer(uvicorn.Server):
         self.should_exit = True
 
 
-def serve(app: PushRelayApp, host: str, port: int, sock: socket.socket | None = None) -> int:
+def serve(
+    app: PushRelayApp,
+    host: str,
+    port: int,
+    sock: socket.socket | None = None,
+    on_started: Callable[[], None] | None = None,
+) -> int:
     """Run one worker until SIGTERM/SIGINT; returns the process exit status.
 
-    `sock` is a listening socket bound by the supervisor (`--workers N`).
+    `sock` is a listening socket bound by the supervisor (`--workers N`), which also handles
+    SIGHUP and wants `on_started` called once the worker serves; alone, the process reloads
+    its config on SIGHUP.
     """
     import uvloop
 
-    server = RelayServer(uvicorn_config(app, host, port), app)
+    reloader = Reloader(app) if sock is None else None
+    config = uvicorn_config(app, host, port)
+    server = RelayServer(config, app, reloader=reloader, on_started=on_started)
     try:
         uvloop.run(server.serve(sockets=None if sock is None else [sock]))
     except SystemExit:  # uvicorn's way of saying the lifespan start-up failed

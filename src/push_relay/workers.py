@@ -12,6 +12,10 @@ Design
   every worker is stopped and the parent exits 1. On SIGTERM/SIGINT the parent closes the
   listening sockets, forwards SIGTERM to every worker, waits for each to drain (each bounded by
   `[server] shutdown_grace_secs`) and exits 0.
+- **Reload.** On SIGHUP the parent reads and checks the config again (an invalid one is one
+  error line; the workers keep serving). A valid one replaces the workers one at a time
+  (`push_relay.rollout`): a new worker serves the slot's socket before its predecessor drains,
+  so no connection is refused. Workers themselves ignore SIGHUP.
 - **State directory.** The parent creates a private directory (mode 0700) that is removed at
   exit; it holds `metrics/` (`PROMETHEUS_MULTIPROC_DIR`: each worker's counters in
   memory-mapped files, summed by whichever worker answers `/metrics`; a dead worker's live
@@ -46,7 +50,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from push_relay import reload
 from push_relay.config import Config
+from push_relay.errors import ConfigError
+from push_relay.rollout import Rollout
 
 if TYPE_CHECKING:  # imported lazily at run time: metrics must not load before the state dir
     from push_relay.app import PushRelayApp
@@ -55,7 +62,10 @@ log = logging.getLogger("push_relay.workers")
 
 MAX_RESTARTS = 5
 RESTART_WINDOW_SECS = 60.0
-SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
+SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP}
+ROLLOUT_TICK_SECS = 0.02  # how often a rollout looks whether the new worker serves yet
+# [server] keys the supervisor itself uses once, at start-up
+SUPERVISOR_SERVER_KEYS = ("admin_listen",)
 PR_SET_PDEATHSIG = 1
 
 
@@ -106,6 +116,7 @@ class Supervisor:
         self.sockets = bind_sockets(host, port, count)
         self.port: int = self.sockets[0].getsockname()[1]
         self.workers: dict[int, int] = {}  # pid -> slot
+        self.rollout: Rollout | None = None
         self.restarts: collections.deque[float] = collections.deque()
         self.stopping = False
         self.status = 0
@@ -114,42 +125,95 @@ class Supervisor:
         signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
         try:
             for slot in range(len(self.sockets)):
-                self._spawn(slot)
+                self.spawn(slot)
             log.info("%d workers serving on %s:%d", len(self.sockets), self.host, self.port)
-            while self.workers:
-                info = signal.sigtimedwait(SIGNALS, 1.0)
-                if info is not None and info.si_signo != signal.SIGCHLD:
+            while self.workers or (self.rollout and self.rollout.retiring):
+                tick = 1.0 if self.rollout is None else ROLLOUT_TICK_SECS
+                info = signal.sigtimedwait(SIGNALS, tick)
+                if info is not None and info.si_signo == signal.SIGHUP:
+                    self._reload()
+                elif info is not None and info.si_signo != signal.SIGCHLD:
                     self._stop(f"received {signal.Signals(info.si_signo).name}")
                 self._reap()
+                self._roll()
         finally:
             for sock in self.sockets:
                 sock.close()
+            if self.rollout is not None:
+                self.rollout.close()
             signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
         return self.status
 
-    def _spawn(self, slot: int) -> None:
+    def spawn(self, slot: int) -> int:
+        """Fork a worker serving `slot`'s socket with the current config; returns its pid."""
+        ready_read, ready_write = os.pipe()  # the worker writes one byte once it serves
         pid = os.fork()
         if pid == 0:  # the worker: never returns into the parent's code
             status = 1
             try:
-                status = self._work(slot)
+                os.close(ready_read)
+                status = self._work(slot, ready_write)
             except BaseException:
                 log.exception("worker crashed")
             finally:
                 os._exit(status)
+        os.close(ready_write)
         self.workers[pid] = slot
+        if self.rollout is not None:
+            os.set_blocking(ready_read, False)
+            self.rollout.watch(pid, ready_read)
+        else:
+            os.close(ready_read)
         log.info("worker %d started (pid %d)", slot, pid)
+        return pid
 
-    def _work(self, slot: int) -> int:
+    def _work(self, slot: int, ready: int) -> int:
         _stop_with_parent()
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reloads are the supervisor's business
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
         for index, sock in enumerate(self.sockets):
             if index != slot:
                 sock.close()
         from push_relay.server import serve
 
+        def started() -> None:
+            with contextlib.suppress(OSError):  # nobody waits for it: not a reload
+                os.write(ready, b"1")
+            os.close(ready)
+
         app = worker_app(self.config, self.state / "tokens")
-        return serve(app, self.host, self.port, self.sockets[slot])
+        return serve(app, self.host, self.port, self.sockets[slot], on_started=started)
+
+    def _reload(self) -> None:
+        if self.stopping:
+            return
+        try:
+            new = reload.keep_hash_key(self.config, reload.load_checked(self.config.path))
+        except ConfigError as err:
+            log.error("reload refused, the workers keep the previous config: %s", err)
+            return
+        for warning in new.warnings:
+            log.warning("%s", warning)
+        log.info("reload: replacing %d workers one at a time", len(self.sockets))
+        if self.rollout is None:
+            self.rollout = Rollout(self, self.config, len(self.sockets))
+        else:
+            self.rollout.restart(len(self.sockets))
+        self.config = new
+
+    def _roll(self) -> None:
+        rollout = self.rollout
+        if rollout is None or self.stopping:
+            return
+        rollout.advance()
+        if rollout.done:
+            rollout.close()
+            self.rollout = None
+            old = rollout.previous
+            pending = reload.changed_keys(
+                old.server, self.config.server, "server", SUPERVISOR_SERVER_KEYS
+            )
+            reload.log_reloaded(old, self.config, pending)
 
     def _reap(self) -> None:
         while self.workers:
@@ -162,6 +226,9 @@ class Supervisor:
                 return
             slot = self.workers.pop(pid, None)
             _mark_dead(pid)
+            if self.rollout is not None and self.rollout.exited(pid):
+                log.info("worker (pid %d) drained and exited", pid)
+                continue
             if slot is None:
                 continue
             code = os.waitstatus_to_exitcode(wait_status)
@@ -186,7 +253,9 @@ class Supervisor:
             self._stop("too many worker restarts")
             return
         self.restarts.append(now)
-        self._spawn(slot)
+        new_pid = self.spawn(slot)
+        if self.rollout is not None:
+            self.rollout.replaced(pid, new_pid)
 
     def _stop(self, why: str) -> None:
         if not self.stopping:

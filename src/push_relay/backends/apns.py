@@ -15,7 +15,7 @@ from typing import Any
 import jwt
 
 from push_relay import metrics
-from push_relay.auth import Token
+from push_relay.auth import Token, credential_key
 from push_relay.backends import Clients, Readiness
 from push_relay.backends._json import json_object, to_json
 from push_relay.config import ApnsConfig, load_signing_key
@@ -131,7 +131,8 @@ class ApnsBackend:
         self._config = config
         self._clients = clients
         self._key = load_signing_key(config.signing_key, config.keyfile)
-        self._token_key = f"apns:{config.key_id}"
+        key = config.signing_key.decode("ascii", "replace")
+        self._token_key = credential_key("apns", config.key_id, config.team_id, key)
         self._connections: dict[str, H2Client] = {}
         self._auth_token: str | None = None
         self._auth = ("authorization", "")  # for `_auth_token`

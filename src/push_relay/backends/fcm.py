@@ -27,7 +27,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 
 from push_relay import metrics
-from push_relay.auth import Token
+from push_relay.auth import Token, credential_key
 from push_relay.backends import Clients, Readiness
 from push_relay.backends._json import json_object, to_json
 from push_relay.config import FcmConfig, ServiceAccount
@@ -44,7 +44,6 @@ REQUEST_TIMEOUT = 10.0  # seconds per messages:send request
 ASSERTION_LIFETIME = 3600  # seconds, the most Google accepts
 REFRESH_BEFORE_EXPIRY = 60.0  # seconds
 UNPARSABLE_RETRY_AFTER = 60.0  # seconds, e.g. for an HTTP-date
-TOKEN_KEY = "fcm"
 _DIGITS = re.compile(r"[0-9]+", re.ASCII)
 _CONTENT_TYPE = ("content-type", "application/json; charset=UTF-8")
 
@@ -147,6 +146,8 @@ class FcmBackend:
         self.h2 = H2Client(origin, context)
         self.path = f"{endpoint.path}/v1/projects/{config.project_id}/messages:send"
         self.signer = _Signer(config.service_account)
+        account = config.service_account
+        self.token_key = credential_key("fcm", account.client_email, account.private_key)
         self.auth_error: str | None = None  # the last token failure logged
         self._headers_token: str | None = None
         self._headers: list[tuple[str, str]] = []  # of the request, for that token
@@ -157,7 +158,7 @@ class FcmBackend:
         waited = 0.0  # nominal seconds slept so far
         attempt = 0
         while True:
-            token = self.clients.tokens.valid(TOKEN_KEY) or await self._token()
+            token = self.clients.tokens.valid(self.token_key) or await self._token()
             try:  # awaited here rather than in a helper: one coroutine less to resume per answer
                 response = await self.h2.request(
                     "POST", self.path, self._request_headers(token), body, REQUEST_TIMEOUT
@@ -166,7 +167,7 @@ class FcmBackend:
                 raise PushFailed(FailureKind.CLIENT, "connection_failed", str(err)) from None
             status = response.status
             if status == 401:  # the token was refused: the next push fetches another
-                self.clients.tokens.invalidate(TOKEN_KEY, token.value)
+                self.clients.tokens.invalidate(self.token_key, token.value)
             verdict = classify(status, response.headers, response.body)
             if verdict.delivered:
                 return
@@ -207,7 +208,7 @@ class FcmBackend:
         return self._headers
 
     async def _token(self) -> Token:
-        return await self.clients.tokens.get(TOKEN_KEY, self._fetch_token)
+        return await self.clients.tokens.get(self.token_key, self._fetch_token)
 
     async def _fetch_token(self) -> Token:
         try:

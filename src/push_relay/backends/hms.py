@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 
 from push_relay import metrics
-from push_relay.auth import Token
+from push_relay.auth import Token, credential_key
 from push_relay.backends import Clients, Readiness
 from push_relay.backends._json import json_object, to_json
 from push_relay.config import HmsConfig
@@ -164,6 +164,7 @@ class HmsBackend:
     ) -> None:
         self.configs = dict(configs)
         self.clients = clients
+        self._token_keys = {app_id: _token_key(c) for app_id, c in self.configs.items()}
         self.timeout = aiohttp.ClientTimeout(total=timeout)
 
     async def send(self, push: PushRequest) -> None:
@@ -174,8 +175,8 @@ class HmsBackend:
             detail = f"no [hms.<app-id>] section for appid {target.app_id[:64]!r}"
             raise PushFailed(FailureKind.CLIENT, "unknown_app", detail)
         body = message_body(push, target.token, config.high_priority, self.clients.clock())
-        key = _token_key(config)
-        token = await self._token(config)
+        key = self._token_keys[config.app_id]
+        token = await self._token(config, key)
         url = f"{config.push_endpoint}/v1/{config.client_id}/messages:send"
         headers = {
             "Authorization": f"Bearer {token.value}",
@@ -193,7 +194,7 @@ class HmsBackend:
         if verdict.kind is not None:
             raise PushFailed(verdict.kind, verdict.reason, verdict.detail, upstream_status=status)
 
-    async def _token(self, config: HmsConfig) -> Token:
+    async def _token(self, config: HmsConfig, key: str) -> Token:
         async def fetch() -> Token:
             try:
                 token = await self._fetch_token(config)
@@ -204,7 +205,7 @@ class HmsBackend:
             log.info("hms: obtained an access token for app %s", config.app_id)
             return token
 
-        return await self.clients.tokens.get(_token_key(config), fetch)
+        return await self.clients.tokens.get(key, fetch)
 
     async def _fetch_token(self, config: HmsConfig) -> Token:
         form = {
@@ -230,7 +231,7 @@ class HmsBackend:
         states: dict[str, Readiness] = {}
         for app_id, config in self.configs.items():
             try:
-                await self._token(config)
+                await self._token(config, self._token_keys[config.app_id])
             except PushFailed as failure:
                 states[f"hms:{app_id}"] = Readiness(False, failure.detail)
             else:
@@ -242,4 +243,6 @@ class HmsBackend:
 
 
 def _token_key(config: HmsConfig) -> str:
-    return f"hms:{config.app_id}"
+    return credential_key(
+        f"hms:{config.app_id}", config.client_id, config.client_secret, config.login_endpoint
+    )

@@ -68,15 +68,21 @@ def generate_key(directory: Path, key_id: str | None = None, team_id: str | None
 
 
 class ProviderTokens:
-    """APNs' view of provider tokens: signature, key id, team, age and update rate."""
+    """APNs' view of provider tokens: signature, key id, team, age and update rate.
+
+    A team may hold more than one active key (that is how a key is rotated without
+    downtime): `add_key` makes another one valid; the update rate is counted per key.
+    """
 
     def __init__(self, key: ApnsKey, clock: Callable[[], float]) -> None:
         self.key = key
         self.clock = clock
-        self._public_key = key.public_key()
-        self._current: str | None = None
-        self._current_since = 0.0
-        self.updates = 0  # how often the key changed tokens
+        self._public_keys = {key.key_id: (key, key.public_key())}
+        self._current: dict[str, tuple[str, float]] = {}  # key id -> token, since
+        self.updates = 0  # how often a key changed tokens
+
+    def add_key(self, key: ApnsKey) -> None:
+        self._public_keys[key.key_id] = (key, key.public_key())
 
     def check(self, authorization: str | None) -> None:
         """Raise `Rejected` unless `authorization` carries an acceptable provider token."""
@@ -85,38 +91,41 @@ class ProviderTokens:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise Rejected("InvalidProviderToken")
-        claims = self._verified_claims(token)
+        key_id, claims = self._verified_claims(token)
         now = self.clock()
         iat = claims["iat"]
         if iat > now + 60:  # from the future: not a token APNs would have accepted either
             raise Rejected("InvalidProviderToken")
         if now - iat > TOKEN_MAX_AGE:
             raise Rejected("ExpiredProviderToken")
-        self._note_use(token, now)
+        self._note_use(key_id, token, now)
 
-    def _verified_claims(self, token: str) -> dict[str, Any]:
+    def _verified_claims(self, token: str) -> tuple[str, dict[str, Any]]:
         try:
             header = jwt.get_unverified_header(token)
-            if header.get("alg") != "ES256" or header.get("kid") != self.key.key_id:
+            known = self._public_keys.get(header.get("kid", ""))
+            if header.get("alg") != "ES256" or known is None:
                 raise Rejected("InvalidProviderToken")
+            key, public_key = known
             claims: dict[str, Any] = jwt.decode(
                 token,
-                self._public_key,
+                public_key,
                 algorithms=["ES256"],
                 # APNs judges the age by its own clock (`self.clock`), not PyJWT's
                 options={"verify_iat": False, "require": ["iss", "iat"]},
             )
         except jwt.PyJWTError:
             raise Rejected("InvalidProviderToken") from None
-        if claims["iss"] != self.key.team_id or not isinstance(claims["iat"], int):
+        if claims["iss"] != key.team_id or not isinstance(claims["iat"], int):
             raise Rejected("InvalidProviderToken")
-        return claims
+        return key.key_id, claims
 
-    def _note_use(self, token: str, now: float) -> None:
-        if token == self._current:
+    def _note_use(self, key_id: str, token: str, now: float) -> None:
+        current, since = self._current.get(key_id, (None, 0.0))
+        if token == current:
             return
-        if self._current is not None and now - self._current_since < TOKEN_UPDATE_INTERVAL:
+        if current is not None and now - since < TOKEN_UPDATE_INTERVAL:
             raise Rejected("TooManyProviderTokenUpdates")
-        if self._current is not None:
+        if current is not None:
             self.updates += 1
-        self._current, self._current_since = token, now
+        self._current[key_id] = (token, now)

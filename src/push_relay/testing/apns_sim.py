@@ -168,6 +168,10 @@ class ApnsSimulator:
     async def stop(self) -> None:
         await self.server.stop()
 
+    def add_key(self, key: ApnsKey) -> None:
+        """Accept provider tokens signed with `key` too (a key rotation in progress)."""
+        self.tokens.add_key(key)
+
     def goaway_after(self, streams: int) -> None:
         """Send GOAWAY on each connection after it has carried `streams` requests."""
         self.server.goaway_after(streams)

@@ -116,6 +116,7 @@ class FcmSimulator:
     ) -> None:
         self.account = account or generate_service_account()
         self.project_id = self.account.project_id
+        self.projects = {self.project_id}  # the account may send to each of these
         self.oauth = GoogleOAuth(ca, clock=clock)
         self.oauth.add_account(self.account)
         self.server = H2SimServer(self._handle, ca, max_concurrent_streams=max_concurrent_streams)
@@ -147,6 +148,10 @@ class FcmSimulator:
             f"max_retries = {max_retries}\n"
             f'endpoint = "{endpoint or self.url}"\n'
         )
+
+    def allow_project(self, project_id: str) -> None:
+        """Let the account send to another project too (it was granted access there)."""
+        self.projects.add(project_id)
 
     @property
     def token_requests(self) -> int:
@@ -200,7 +205,7 @@ class FcmSimulator:
                 "Request had invalid authentication credentials. Expected OAuth 2 access "
                 "token, login cookie or other valid authentication credential.",
             )
-        if match.group(1) != self.project_id:
+        if match.group(1) not in self.projects:
             raise _Error(403, "PERMISSION_DENIED", "Permission denied on resource project.")
         return match.group(1)
 

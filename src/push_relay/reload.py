@@ -1,0 +1,170 @@
+"""Reload on SIGHUP: read and check the config again, then serve new pushes with it.
+
+- **Check.** The file is read and every backend is built from it, exactly as at start-up
+  (`load_checked`). A defect is one error line naming the file and key; the relay keeps
+  serving with the config it has, and nothing else happens.
+- **One process.** The app builds a new `Runtime` (backends, upstream clients, sinks) and swaps
+  it in at once; pushes in flight finish on the old runtime, whose connections are then closed
+  (`PushRelayApp.use_config`).
+- **`--workers N`.** The supervisor checks the config, then replaces its workers one at a time:
+  a new worker starts on the same listening socket, and only once it serves is its predecessor
+  told to drain (`push_relay.workers`).
+- **Log.** When the new config serves, one line names the sections that changed (never
+  values) and the settings that only a restart applies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from push_relay import config
+from push_relay.config import Config, ServerConfig
+from push_relay.errors import ConfigError
+
+if TYPE_CHECKING:  # the supervisor uses this module without loading the app
+    from push_relay.app import PushRelayApp
+
+log = logging.getLogger("push_relay")
+
+_NOT_SECTIONS = {"path", "warnings"}
+
+
+def load_checked(path: str) -> Config:
+    """The config at `path`, validated as start-up does (backends built, key files parsed);
+    `ConfigError` naming the file (and key) otherwise. Runs its own event loop."""
+    cfg = config.load(path)
+    try:
+        asyncio.run(_build_backends(cfg))
+    except Exception as err:  # a backend refused its section: still one line, no traceback
+        raise ConfigError(path, str(err)) from None
+    return cfg
+
+
+async def _build_backends(cfg: Config) -> None:
+    from push_relay.backends import Clients, build_backends
+
+    clients = Clients()
+    try:
+        for backend in build_backends(cfg, clients).values():
+            await backend.aclose()
+    finally:
+        await clients.aclose()
+
+
+def keep_hash_key(old: Config, new: Config) -> Config:
+    """`new`, keeping the random log hash key drawn for `old` when neither config sets one,
+    so a device's hash in the log stays the same across a reload."""
+    if new.server.log_hash_key is not None or old.server.log_hash_key is None:
+        return new
+    server = dataclasses.replace(new.server, log_hash_key=old.server.log_hash_key)
+    return dataclasses.replace(new, server=server)
+
+
+def changed_sections(old: Config, new: Config) -> list[str]:
+    """Names of the sections that differ, e.g. `fcm`, `hms.<app> (added)`; never values."""
+    changes: list[str] = []
+    for f in dataclasses.fields(Config):
+        if f.name in _NOT_SECTIONS:
+            continue
+        before, after = getattr(old, f.name), getattr(new, f.name)
+        if isinstance(before, dict) and isinstance(after, dict):
+            changes.extend(_changed_apps(f.name, before, after))
+        elif before != after:
+            if before is None or after is None:
+                changes.append(f"{f.name} ({'added' if before is None else 'removed'})")
+            else:
+                changes.append(f.name)
+    return changes
+
+
+def _changed_apps(section: str, before: dict[str, object], after: dict[str, object]) -> list[str]:
+    changes = []
+    for app in sorted(before.keys() | after.keys()):
+        if app not in before:
+            changes.append(f"{section}.{app} (added)")
+        elif app not in after:
+            changes.append(f"{section}.{app} (removed)")
+        elif before[app] != after[app]:
+            changes.append(f"{section}.{app}")
+    return changes
+
+
+def changed_keys(old: object, new: object, section: str, keys: Iterable[str]) -> list[str]:
+    """Which of `keys` differ between two versions of a section (e.g. `server.admin_listen`)."""
+    return [
+        f"{section}.{key}" for key in keys if getattr(old, key, None) != getattr(new, key, None)
+    ]
+
+
+def log_reloaded(old: Config, new: Config, restart_only: Iterable[str] = ()) -> None:
+    """The one line that says a reload finished and what it changed."""
+    changes = changed_sections(old, new)
+    text = ", ".join(changes) if changes else "nothing (connections renewed)"
+    pending = list(restart_only)
+    if pending:
+        text += f"; needs a restart to apply: {', '.join(pending)}"
+    log.info("reload: %s now serves; changed: %s", new.path, text)
+
+
+# `[server]` keys a running process applies on reload; the others shape its listener
+# (timeouts, limits, admin address) and take effect at the next start (or, with
+# `--workers N`, with the new workers)
+LIVE_SERVER_KEYS = frozenset({"cors_origins", "max_in_flight", "log_hash_key"})
+
+
+class Reloader:
+    """Reloads one process's app on request; requests during a reload coalesce into one more."""
+
+    def __init__(self, app: PushRelayApp) -> None:
+        self.app = app
+        self._task: asyncio.Task[None] | None = None
+        self._again = False
+
+    def request(self) -> None:
+        """Start a reload now, or right after the one that is running (from a signal)."""
+        if self._task is not None and not self._task.done():
+            self._again = True
+            return
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def wait(self) -> None:
+        if self._task is not None:
+            await self._task
+
+    async def _run(self) -> None:
+        self._again = True
+        while self._again:
+            self._again = False
+            await self.reload()
+
+    async def reload(self) -> bool:
+        """Reload once; False (after one error line) when the new config was refused."""
+        old = self.app.config
+        if self.app.runtime is None or self.app.draining:
+            log.warning("reload: ignored while the relay is starting or stopping")
+            return False
+        try:
+            # reading the file blocks for a moment at most; key files are small
+            new = keep_hash_key(old, config.load(old.path))
+            await self.app.use_config(new)
+        except ConfigError as err:
+            log.error("reload refused, previous config still serves: config error: %s", err)
+            return False
+        except Exception as err:  # a backend refused its section: one line, as at start-up
+            log.error(
+                "reload refused, previous config still serves: config error: %s: %s", old.path, err
+            )
+            return False
+        for warning in new.warnings:
+            log.warning("%s", warning)
+        pending = changed_keys(old.server, new.server, "server", _restart_only_server_keys())
+        log_reloaded(old, new, pending)
+        return True
+
+
+def _restart_only_server_keys() -> list[str]:
+    return [f.name for f in dataclasses.fields(ServerConfig) if f.name not in LIVE_SERVER_KEYS]
