@@ -19,7 +19,7 @@ from push_relay.config import Config, ServerConfig
 from push_relay.errors import InvalidRequest
 from push_relay.health import ReadinessProbe, starting
 from push_relay.request import parse_form, validate
-from push_relay.runtime import Runtime
+from push_relay.runtime import Runtime, RuntimeFactory, runtimes_sharing_tokens
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -49,10 +49,10 @@ class PushRelayApp:
     def __init__(
         self,
         config: Config,
-        runtime_factory: Callable[[Config], Awaitable[Runtime]] = Runtime.start,
+        runtime_factory: RuntimeFactory | None = None,
     ) -> None:
         self._set_config(config)
-        self._runtime_factory = runtime_factory
+        self._runtime_factory = runtime_factory or runtimes_sharing_tokens()
         self.runtime: Runtime | None = None
         self.draining = False
         self._probe: ReadinessProbe | None = None

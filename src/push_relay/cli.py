@@ -150,6 +150,7 @@ def _run(args: argparse.Namespace, state: os.PathLike[str] | None = None) -> int
     cfg = _load(args.config)
     if cfg is None:
         return EXIT_CONFIG
+    cfg = reload.with_hash_key(cfg)
 
     def start(host: str, port: int) -> int:
         if state is None:

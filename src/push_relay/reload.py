@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import secrets
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -53,6 +54,15 @@ async def _build_backends(cfg: Config) -> None:
             await backend.aclose()
     finally:
         await clients.aclose()
+
+
+def with_hash_key(cfg: Config) -> Config:
+    """`cfg` with a random log hash key when it sets none, drawn once per relay so that a
+    device hashes the same in every worker and across reloads."""
+    if cfg.server.log_hash_key is not None:
+        return cfg
+    server = dataclasses.replace(cfg.server, log_hash_key=secrets.token_hex(32))
+    return dataclasses.replace(cfg, server=server)
 
 
 def keep_hash_key(old: Config, new: Config) -> Config:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from push_relay.auth import TokenCache
 from push_relay.backends import Clients, build_backends
 from push_relay.config import Config
 from push_relay.influxdb import InfluxSink
@@ -15,6 +17,8 @@ from push_relay.relay import PushObserver, Relay
 log = logging.getLogger("push_relay")
 
 INFLUX_FLUSH_SECS = 5.0  # shutdown waits at most this long to write queued statistics
+
+RuntimeFactory = Callable[[Config], Awaitable["Runtime"]]
 
 
 @dataclass
@@ -59,3 +63,16 @@ class Runtime:
                 await observer.stop(INFLUX_FLUSH_SECS)
         await self.clients.aclose()
         await asyncio.sleep(0)
+
+
+def runtimes_sharing_tokens() -> RuntimeFactory:
+    """Starts runtimes that share one auth token cache, so a runtime started by a reload
+    keeps the tokens of unchanged credentials: APNs refuses provider tokens that change more
+    often than every 20 minutes, and OAuth endpoints rate-limit. Tokens are cached by
+    credential, so a changed key or account gets tokens of its own."""
+    tokens = TokenCache()
+
+    async def start(config: Config) -> Runtime:
+        return await Runtime.start(config, Clients(tokens=tokens))
+
+    return start

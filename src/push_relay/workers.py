@@ -38,10 +38,8 @@ import collections
 import contextlib
 import ctypes
 import ctypes.util
-import dataclasses
 import logging
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -107,10 +105,7 @@ class Supervisor:
     """Forks, watches and stops the workers; `run()` returns the parent's exit status."""
 
     def __init__(self, config: Config, host: str, port: int, count: int, state: Path) -> None:
-        if config.server.log_hash_key is None:
-            server = dataclasses.replace(config.server, log_hash_key=secrets.token_hex(32))
-            config = dataclasses.replace(config, server=server)
-        self.config = config
+        self.config = reload.with_hash_key(config)
         self.host = host
         self.state = state
         self.sockets = bind_sockets(host, port, count)

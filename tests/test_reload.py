@@ -1,0 +1,280 @@
+"""Reload on SIGHUP (contract §12 "Reload"): under a steady load of pushes, a new config serves
+new pushes, an invalid one is refused while the old one keeps serving, and no push is refused
+or fails, with one process and with `--workers 2`."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import jwt
+import pytest
+
+from push_relay.testing.apns_auth import ApnsKey, generate_key
+from push_relay.testing.apns_sim import ApnsSimulator
+from push_relay.testing.ca import TestCA
+from push_relay.testing.fcm_sim import FcmSimulator, device_token
+from push_relay.testing.hms_sim import HmsSimulator
+from push_relay.testing.process import RelayProcess
+
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+APNS_DEVICE = "ab" * 32
+HMS_APP = "104455555"
+NEW_HMS_APP = "104466666"
+MODES = [pytest.param((), id="one-process"), pytest.param(("--workers", "2"), id="workers-2")]
+
+
+@dataclass
+class Services:
+    fcm: FcmSimulator
+    apns: ApnsSimulator
+    apns_key: ApnsKey
+    hms: HmsSimulator
+    workdir: Path
+    config: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.config = self.workdir / "relay.toml"
+
+    def toml(self, *, project_id: str | None = None, hms_apps: tuple[str, ...] = (HMS_APP,)) -> str:
+        fcm = self.fcm.config_toml(max_retries=0)
+        if project_id is not None:
+            fcm = fcm.replace(f'"{self.fcm.project_id}"', f'"{project_id}"')
+        apns = self.apns_key.config_toml(self.apns.url, self.apns.url)
+        hms = "".join(self.hms.config_toml(app) for app in hms_apps)
+        return f"[server]\nshutdown_grace_secs = 5\n\n{fcm}\n{apns}\n{hms}"
+
+    def write(self, text: str) -> None:
+        tmp = self.config.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(self.config)  # a reload never reads a half-written file
+
+
+@pytest.fixture
+async def services(test_ca: TestCA, tmp_path: Path) -> AsyncIterator[Services]:
+    key = generate_key(tmp_path)
+    fcm = FcmSimulator(test_ca)
+    apns = ApnsSimulator(test_ca, key)
+    hms = HmsSimulator(test_ca)
+    hms.add_app(HMS_APP, "hms-secret-one")
+    hms.add_app(NEW_HMS_APP, "hms-secret-two")
+    started: list[FcmSimulator | ApnsSimulator | HmsSimulator] = []
+    try:
+        for sim in (fcm, apns, hms):
+            await sim.start()
+            started.append(sim)
+        services = Services(fcm, apns, key, hms, tmp_path)
+        services.write(services.toml())
+        yield services
+    finally:
+        for sim in started:
+            await sim.stop()
+
+
+def fcm_push() -> dict[str, str]:
+    return {"type": "fcm", "token": device_token("reload"), "session": "s", "version": "3"}
+
+
+def apns_push() -> dict[str, str]:
+    return {
+        "type": "apns",
+        "token": APNS_DEVICE,
+        "session": "s",
+        "version": "3",
+        "bundleid": "com.example.app",
+        "endpoint": "s",
+    }
+
+
+def hms_push(app: str = HMS_APP) -> dict[str, str]:
+    return {"type": "hms", "token": "hms-device", "session": "s", "version": "3", "appid": app}
+
+
+class Load:
+    """Pushes from `clients` keep-alive connections in a loop, recording every answer;
+    bounded by `limit` pushes and `seconds`, whichever comes first."""
+
+    def __init__(self, url: str, forms: list[Callable[[], dict[str, str]]]) -> None:
+        self.url = url
+        self.forms = forms
+        self.statuses: list[int | str] = []
+        self._stop = asyncio.Event()
+        self._answered = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def __aenter__(self) -> Load:
+        self._session = aiohttp.ClientSession()
+        self._tasks = [asyncio.create_task(self._client(i)) for i in range(4)]
+        await self.wait_for(20)  # the load is flowing before anything changes
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+        await self._session.close()
+
+    async def wait_for(self, more: int) -> None:
+        """Until `more` further pushes have been answered."""
+        target = len(self.statuses) + more
+        async with asyncio.timeout(30):
+            while len(self.statuses) < target:
+                self._answered.clear()
+                await self._answered.wait()
+
+    async def _client(self, index: int, limit: int = 3000, seconds: float = 60.0) -> None:
+        deadline = time.monotonic() + seconds
+        n = index
+        while not self._stop.is_set() and len(self.statuses) < limit:
+            if time.monotonic() > deadline:
+                return
+            form = self.forms[n % len(self.forms)]()
+            n += 1
+            try:
+                async with self._session.post(self.url + "/push", data=form, headers=FORM) as r:
+                    await r.read()
+                    self.statuses.append(r.status)
+            except aiohttp.ClientError as err:  # refused or reset: a failed push
+                self.statuses.append(type(err).__name__)
+            self._answered.set()
+
+    def failures(self) -> list[int | str]:
+        return [s for s in self.statuses if s != 204]
+
+
+@pytest.fixture(params=MODES)
+async def relay(request: pytest.FixtureRequest, services: Services) -> AsyncIterator[RelayProcess]:
+    args: tuple[str, ...] = request.param
+    env = {"TMPDIR": str(services.workdir)}
+    pid_file = str(services.workdir / "relay.pid")
+    relay = await RelayProcess.start(services.config, "--pid-file", pid_file, *args, env=env)
+    try:
+        yield relay
+    finally:
+        assert 0 == await relay.stop()  # a reload, even a refused one, never changes it
+
+
+async def reloaded(relay: RelayProcess) -> str:
+    """Send SIGHUP and wait for the relay's log line that the reload ended; returns it."""
+    seen = len(reload_lines(relay))
+    relay.send_signal(signal.SIGHUP)
+    return await reload_ended(relay, seen)
+
+
+def reload_lines(relay: RelayProcess) -> list[str]:
+    return [line for line in relay.logs().splitlines() if "reload" in line]
+
+
+async def reload_ended(relay: RelayProcess, seen: int = 0) -> str:
+    """The first line after the `seen` reload lines saying a reload ended (or was refused)."""
+    for _ in range(600):  # 30 s
+        ended = [x for x in reload_lines(relay)[seen:] if "now serves" in x or "refused" in x]
+        if ended:
+            return ended[0]
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no reload ended:\n{relay.logs()}")
+
+
+def kids(apns: ApnsSimulator, since: int) -> set[str]:
+    return {
+        jwt.get_unverified_header(r.headers["authorization"].split()[1])["kid"]
+        for r in apns.requests[since:]
+    }
+
+
+def projects(fcm: FcmSimulator, since: int) -> set[str]:
+    return {r.path.split("/")[3] for r in fcm.requests[since:]}
+
+
+async def test_a_new_fcm_project_serves_new_pushes(relay: RelayProcess, services: Services) -> None:
+    new_project = "push-relay-moved"
+    services.fcm.allow_project(new_project)
+    async with Load(relay.url, [fcm_push, apns_push]) as load:
+        services.write(services.toml(project_id=new_project))
+        line = await reloaded(relay)
+        after = len(services.fcm.requests)
+        await load.wait_for(40)
+
+    assert "changed: fcm;" in line or line.endswith("changed: fcm")
+    assert {new_project} == projects(services.fcm, after)
+    assert [] == load.failures()
+
+
+async def test_a_rotated_apns_key_signs_new_pushes(relay: RelayProcess, services: Services) -> None:
+    new_key = generate_key(services.workdir, team_id=services.apns_key.team_id)
+    services.apns.add_key(new_key)  # both keys are valid while the rotation is under way
+    async with Load(relay.url, [apns_push, fcm_push]) as load:
+        services.apns_key = new_key
+        services.write(services.toml())
+        line = await reloaded(relay)
+        after = len(services.apns.requests)
+        await load.wait_for(40)
+
+    assert "changed: apns" in line
+    assert new_key.key_id not in line and "BEGIN" not in line  # names, never values
+    assert {new_key.key_id} == kids(services.apns, after)
+    assert [] == load.failures()
+
+
+async def test_an_added_hms_app_starts_to_deliver(relay: RelayProcess, services: Services) -> None:
+    async with Load(relay.url, [fcm_push, apns_push, hms_push]) as load:
+        before = await push(relay, hms_push(NEW_HMS_APP))
+        services.write(services.toml(hms_apps=(HMS_APP, NEW_HMS_APP)))
+        line = await reloaded(relay)
+        after = await push(relay, hms_push(NEW_HMS_APP))
+        await load.wait_for(40)
+
+    assert (400, 204) == (before, after)
+    assert f"hms.{NEW_HMS_APP} (added)" in line
+    assert [] == load.failures()
+
+
+async def test_a_broken_config_is_refused_and_the_old_one_serves(
+    relay: RelayProcess, services: Services
+) -> None:
+    good = services.config.read_text()
+    async with Load(relay.url, [fcm_push, apns_push, hms_push]) as load:
+        services.write(good.replace("max_retries = 0", "max_retries = 300"))
+        line = await reloaded(relay)
+        await load.wait_for(40)
+
+    assert "reload refused" in line and f"{services.config}" in line and "max_retries" in line
+    assert 1 == sum("reload refused" in x for x in relay.logs().splitlines())
+    assert relay.process.poll() is None
+    assert [] == load.failures()
+
+
+async def test_push_relay_reload_checks_the_config_before_signalling(
+    relay: RelayProcess, services: Services
+) -> None:
+    pid_file = services.workdir / "relay.pid"
+    command = [sys.executable, "-m", "push_relay", "reload", "--pid-file", str(pid_file)]
+    services.write("[fcm]\nproject_id = 1\n")
+    refused = await asyncio.to_thread(run, [*command, "-c", str(services.config)])
+    services.write(services.toml(hms_apps=(HMS_APP, NEW_HMS_APP)))
+    sent = await asyncio.to_thread(run, [*command, "-c", str(services.config)])
+
+    assert 2 == refused.returncode
+    assert "config error" in refused.stderr and "fcm" in refused.stderr
+    assert 0 == sent.returncode, sent.stderr
+    assert "now serves" in await reload_ended(relay)  # the bad config never reached the relay
+    assert 204 == await push(relay, hms_push(NEW_HMS_APP))
+
+
+def run(command: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+
+async def push(relay: RelayProcess, form: dict[str, str]) -> int:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(relay.url + "/push", data=form, headers=FORM) as response,
+    ):
+        await response.read()
+        return response.status
