@@ -28,6 +28,7 @@ FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 APNS_DEVICE = "ab" * 32
 HMS_APP = "104455555"
 NEW_HMS_APP = "104466666"
+PACE_SECS = 0.01  # between two pushes of one client: a steady load, not a benchmark
 MODES = [pytest.param((), id="one-process"), pytest.param(("--workers", "2"), id="workers-2")]
 
 
@@ -98,8 +99,8 @@ def hms_push(app: str = HMS_APP) -> dict[str, str]:
 
 
 class Load:
-    """Pushes from `clients` keep-alive connections in a loop, recording every answer;
-    bounded by `limit` pushes and `seconds`, whichever comes first."""
+    """Four clients pushing in a paced loop over keep-alive connections, recording every
+    answer; each stops at the end of the block, after `limit` pushes in all or `seconds`."""
 
     def __init__(self, url: str, forms: list[Callable[[], dict[str, str]]]) -> None:
         self.url = url
@@ -128,12 +129,13 @@ class Load:
                 self._answered.clear()
                 await self._answered.wait()
 
-    async def _client(self, index: int, limit: int = 3000, seconds: float = 60.0) -> None:
+    async def _client(self, index: int, limit: int = 20_000, seconds: float = 60.0) -> None:
         deadline = time.monotonic() + seconds
         n = index
         while not self._stop.is_set() and len(self.statuses) < limit:
             if time.monotonic() > deadline:
                 return
+            await asyncio.sleep(PACE_SECS)
             form = self.forms[n % len(self.forms)]()
             n += 1
             try:
@@ -198,6 +200,7 @@ async def test_a_new_fcm_project_serves_new_pushes(relay: RelayProcess, services
     async with Load(relay.url, [fcm_push, apns_push]) as load:
         services.write(services.toml(project_id=new_project))
         line = await reloaded(relay)
+        await load.wait_for(20)  # pushes in flight at the swap end on the old runtime
         after = len(services.fcm.requests)
         await load.wait_for(40)
 
@@ -213,6 +216,7 @@ async def test_a_rotated_apns_key_signs_new_pushes(relay: RelayProcess, services
         services.apns_key = new_key
         services.write(services.toml())
         line = await reloaded(relay)
+        await load.wait_for(20)  # pushes in flight at the swap end on the old runtime
         after = len(services.apns.requests)
         await load.wait_for(40)
 
