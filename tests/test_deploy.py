@@ -6,25 +6,36 @@ files (every expression names a metric the relay exports)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import tomllib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from prometheus_client.metrics import MetricWrapperBase
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
 
 from push_relay import metrics
 from push_relay.testing.ca import TestCA
 from push_relay.testing.ports import free_port
 from push_relay.testing.process import GatewayRig, RelayProcess
+from test_browser import CALL_WAKE_UP, CHROMEDRIVER, CHROMIUM, FLAGS, PAGE
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -218,6 +229,67 @@ async def test_nginx_refuses_a_body_beyond_the_relays_4_kib(
     )
 
     assert 413 == status
+
+
+class _Page(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(PAGE)))
+        self.end_headers()
+        self.wfile.write(PAGE)
+
+    def log_message(self, format: str, *args: Any) -> None:  # keep test output clean
+        pass
+
+
+@pytest.fixture
+def chromium(test_ca: TestCA) -> Iterator[webdriver.Chrome]:
+    """Headless Chromium on a page of another origin, trusting exactly the test certificate
+    (by its public key), as a browser trusts a relay's real certificate."""
+    if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
+        pytest.fail("chromium missing: apt-get install chromium chromium-driver", pytrace=False)
+    spki = (
+        x509.load_pem_x509_certificate(test_ca.cert_pem)
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(spki)
+    pin = base64.b64encode(digest.finalize()).decode()
+    page = ThreadingHTTPServer(("127.0.0.1", 0), _Page)
+    thread = threading.Thread(target=page.serve_forever, daemon=True)
+    thread.start()
+    profile = tempfile.mkdtemp(prefix="push-relay-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    flags = [f"--user-data-dir={profile}", f"--ignore-certificate-errors-spki-list={pin}"]
+    for flag in [*FLAGS, *flags]:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        driver.set_script_timeout(30)
+        driver.get(f"http://localhost:{page.server_address[1]}/")
+        yield driver
+    finally:
+        driver.quit()
+        page.shutdown()
+        page.server_close()
+        thread.join(timeout=5)
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.mark.browser
+async def test_chromium_fetch_over_https_through_nginx_reads_204(
+    chromium: webdriver.Chrome, nginx: Nginx, gateway: GatewayRig
+) -> None:
+    """Threema Web's wake-up `fetch`, from another origin, over TLS (HTTP/2) through nginx."""
+    result = await asyncio.to_thread(
+        chromium.execute_async_script, CALL_WAKE_UP, nginx.url + "/push", gateway.push()
+    )
+
+    assert {"status": 204, "body": ""} == result
+    assert " HTTP/2.0" in (nginx.directory / "access.log").read_text()
 
 
 # -- systemd --------------------------------------------------------------------------------
