@@ -1,0 +1,254 @@
+"""A fleet: three relay instances (own processes, own ports) behind a real HAProxy, configured
+by deploy/haproxy/push-relay.cfg. Pushes spread over all three, an instance stopped under
+load loses no push, and a reload rolled across the fleet fails none."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from push_relay.testing.ca import TestCA
+from push_relay.testing.hms_sim import HmsSimulator
+from push_relay.testing.ports import free_port
+from push_relay.testing.process import GatewayRig, RelayProcess, start_gateway
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPE = ROOT / "deploy" / "haproxy" / "push-relay.cfg"
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+INSTANCES = 3
+PACE_SECS = 0.01  # between two pushes of one client: a steady load, not a benchmark
+HMS_APP = "104477777"
+
+
+def require(binary: str, package: str) -> str:
+    path = shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/sbin")
+    if path is None:
+        pytest.fail(f"{binary} is missing: install it with `apt-get install {package}`")
+    return path
+
+
+def render_haproxy(port: int, pem: Path, instances: list[str]) -> str:
+    """The recipe with its placeholders replaced: our port, certificate and instances."""
+    text = RECIPE.read_text()
+    servers = "".join(f"    server relay{i} {a}\n" for i, a in enumerate(instances, 1))
+    replacements = {
+        "maxconn 20000": "maxconn 1000",  # within this machine's open-file limit
+        "bind *:443": f"bind 127.0.0.1:{port}",
+        "/etc/haproxy/certs/push-relay.pem": str(pem),
+        "    server relay1 127.0.0.1:3001\n"
+        "    server relay2 127.0.0.1:3002\n"
+        "    server relay3 127.0.0.1:3003\n": servers,
+    }
+    for placeholder, value in replacements.items():
+        assert placeholder in text, f"placeholder {placeholder!r} no longer in the recipe"
+        text = text.replace(placeholder, value)
+    return text
+
+
+@dataclass
+class Fleet:
+    relays: list[RelayProcess]
+    url: str  # HAProxy's
+    config: Path  # shared by every instance
+    ca: TestCA
+
+    def client(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self.ca.client_context()))
+
+
+@pytest.fixture
+async def gateway_rig(test_ca: TestCA, tmp_path: Path) -> AsyncIterator[GatewayRig]:
+    """The gateway simulator, answering after 50 ms: pushes are in flight when a test acts."""
+    rig = await start_gateway(test_ca, tmp_path, delay=0.05)
+    yield rig
+    await rig.simulator.stop()
+
+
+@pytest.fixture
+async def fleet(gateway_rig: GatewayRig, test_ca: TestCA, tmp_path: Path) -> AsyncIterator[Fleet]:
+    haproxy = require("haproxy", "haproxy")
+    config = tmp_path / "relay.toml"
+    config.write_text(
+        '[server]\nshutdown_grace_secs = 5\nlog_hash_key = "fleet"\n\n' + gateway_rig.section
+    )
+    relays: list[RelayProcess] = []
+    process: subprocess.Popen[bytes] | None = None
+    try:
+        for i in range(1, INSTANCES + 1):
+            # one name (and so one log file) per instance, one config file for all
+            own = tmp_path / f"relay{i}.toml"
+            own.symlink_to(config)
+            relays.append(await RelayProcess.start(own))
+        pem = tmp_path / "haproxy.pem"
+        pem.write_bytes(test_ca.cert_pem + test_ca.key_pem)
+        port = free_port()
+        cfg = tmp_path / "haproxy.cfg"
+        cfg.write_text(render_haproxy(port, pem, [r.url.removeprefix("http://") for r in relays]))
+        # spawning returns at once; HAProxy runs on its own while we await its first answer
+        with (tmp_path / "haproxy.log").open("wb") as log:
+            process = subprocess.Popen(  # noqa: ASYNC220
+                [haproxy, "-db", "-f", str(cfg)], stdout=log, stderr=subprocess.STDOUT
+            )
+        fleet = Fleet(relays, f"https://127.0.0.1:{port}", config, test_ca)
+        await wait_all_up(fleet, process)
+        yield fleet
+    finally:
+        if process is not None:
+            process.terminate()  # the HAProxy this test started, by its pid
+            await asyncio.to_thread(process.wait, 10)
+        for relay in relays:
+            await relay.stop()
+
+
+async def wait_all_up(fleet: Fleet, process: subprocess.Popen[bytes]) -> None:
+    """Until HAProxy answers /health, and its checks have had time to see every instance."""
+    async with fleet.client() as session:
+        for _ in range(200):
+            assert process.poll() is None, (
+                f"haproxy exited: {fleet.config.with_name('haproxy.log').read_text()}"
+            )
+            try:
+                async with session.get(fleet.url + "/health") as response:
+                    if response.status == 200:
+                        break
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(1.5)  # `rise 2` checks, 1 s apart, count from start-up
+
+
+class Load:
+    """Four clients pushing in a paced loop through HAProxy over keep-alive connections,
+    recording every answer; stops at the end of the block or after 60 s."""
+
+    def __init__(self, fleet: Fleet, form: dict[str, str]) -> None:
+        self.fleet = fleet
+        self.form = form
+        self.statuses: list[int | str] = []
+        self._stop = asyncio.Event()
+        self._answered = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def __aenter__(self) -> Load:
+        self._session = self.fleet.client()
+        self._tasks = [asyncio.create_task(self._client()) for _ in range(4)]
+        await self.wait_for(20)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+        await self._session.close()
+
+    async def wait_for(self, more: int) -> None:
+        target = len(self.statuses) + more
+        async with asyncio.timeout(30):
+            while len(self.statuses) < target:
+                self._answered.clear()
+                await self._answered.wait()
+
+    async def _client(self) -> None:
+        deadline = time.monotonic() + 60
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(PACE_SECS)
+            try:
+                async with self._session.post(
+                    self.fleet.url + "/push", data=self.form, headers=FORM
+                ) as response:
+                    await response.read()
+                    self.statuses.append(response.status)
+            except aiohttp.ClientError as err:
+                self.statuses.append(type(err).__name__)
+            self._answered.set()
+
+    def failures(self) -> list[int | str]:
+        return [s for s in self.statuses if s != 204]
+
+
+def pushes_relayed(relay: RelayProcess) -> int:
+    return relay.logs().count("outcome=204")
+
+
+async def relayed_by_each(fleet: Fleet, total: int) -> list[int]:
+    """Pushes relayed per instance, by their logs (written at the end of a loop iteration,
+    so possibly just after the answer): waits until `total` are logged, 5 s at most."""
+    for _ in range(100):
+        counts = [pushes_relayed(relay) for relay in fleet.relays]
+        if sum(counts) >= total:
+            break
+        await asyncio.sleep(0.05)
+    return counts
+
+
+async def test_pushes_spread_over_every_instance(fleet: Fleet, gateway_rig: GatewayRig) -> None:
+    async with fleet.client() as session:
+        for _ in range(3 * INSTANCES):
+            async with session.post(
+                fleet.url + "/push", data=gateway_rig.push(), headers=FORM
+            ) as r:
+                assert 204 == r.status
+
+    assert [3] * INSTANCES == await relayed_by_each(fleet, 3 * INSTANCES)
+
+
+async def test_an_instance_stopped_under_load_loses_no_push(
+    fleet: Fleet, gateway_rig: GatewayRig
+) -> None:
+    stopped = fleet.relays[1]
+    async with Load(fleet, gateway_rig.push()) as load:
+        await gateway_rig.simulator.wait_arrived(len(load.statuses) + 4)  # pushes in flight
+        stopped.send_signal(signal.SIGTERM)
+        assert 0 == await stopped.wait()
+        await load.wait_for(60)  # the other two carry on alone
+
+    assert [] == load.failures()
+    # every push answered 204 reached the gateway, the stopped instance's last ones included
+    assert len(load.statuses) == len(gateway_rig.simulator.deliveries)
+    assert pushes_relayed(stopped) > 0
+
+
+async def test_a_reload_rolled_across_the_fleet_fails_no_push(
+    fleet: Fleet, gateway_rig: GatewayRig, test_ca: TestCA
+) -> None:
+    hms = HmsSimulator(test_ca)
+    hms.add_app(HMS_APP, "hms-secret-fleet")
+    await hms.start()
+    try:
+        async with Load(fleet, gateway_rig.push()) as load:
+            fleet.config.write_text(fleet.config.read_text() + "\n" + hms.config_toml(HMS_APP))
+            for relay in fleet.relays:  # one instance at a time, as an operator would
+                relay.send_signal(signal.SIGHUP)
+                await reload_done(relay)
+                await load.wait_for(10)
+        async with fleet.client() as session:
+            statuses = [await push_hms(session, fleet) for _ in range(2 * INSTANCES)]
+    finally:
+        await hms.stop()
+
+    assert [] == load.failures()
+    assert [204] * (2 * INSTANCES) == statuses  # whichever instance HAProxy picked
+    assert all(f"hms.{HMS_APP} (added)" in relay.logs() for relay in fleet.relays)
+
+
+async def reload_done(relay: RelayProcess) -> None:
+    for _ in range(600):
+        if "now serves" in relay.logs():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"reload did not finish:\n{relay.logs()}")
+
+
+async def push_hms(session: aiohttp.ClientSession, fleet: Fleet) -> int:
+    form = {"type": "hms", "token": "t", "session": "s", "version": "3", "appid": HMS_APP}
+    async with session.post(fleet.url + "/push", data=form, headers=FORM) as response:
+        await response.read()
+        return response.status
