@@ -35,7 +35,7 @@ async def answer_sandbox_examples(
     part = await starter(ca, workdir)
     try:
         async with start_relay(part.config_toml) as relay:
-            answers = [await relay.push(example) for example in part.examples]
+            answers = [await relay.push(example.body) for example in part.examples]
     finally:
         await part.stop()
     return part, answers

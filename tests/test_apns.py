@@ -761,7 +761,7 @@ async def test_sandbox_example_is_delivered_and_logged(
     assert [
         "type=apns&token=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
         "&session=123deadbeef&version=3&bundleid=com.example.app&endpoint=s"
-    ] == part.examples
+    ] == [example.body for example in part.examples]
     assert [204] == [a.status for a in answers]
     [line] = [r.getMessage() for r in caplog.records if r.name == "push_relay.sandbox"]
     assert line.startswith("APNs device 01234567… (com.example.app, alert) shows")

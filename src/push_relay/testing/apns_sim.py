@@ -273,7 +273,7 @@ def describe_delivery(delivery: Delivery) -> str:
 
 async def sandbox_part(ca: TestCA, workdir: Path) -> SandboxPart:
     """The sandbox's APNs: one simulator serving both endpoints, with a generated key."""
-    from push_relay.sandbox import SandboxPart, log
+    from push_relay.sandbox import Example, SandboxPart, log
 
     key = generate_key(workdir)
     sim = ApnsSimulator(ca, key, on_delivery=lambda d: log.info("%s", describe_delivery(d)))
@@ -282,4 +282,4 @@ async def sandbox_part(ca: TestCA, workdir: Path) -> SandboxPart:
         f"type=apns&token={SANDBOX_DEVICE}&session=123deadbeef&version=3"
         "&bundleid=com.example.app&endpoint=s"
     )
-    return SandboxPart("APNs", key.config_toml(url, url), [example], sim.stop)
+    return SandboxPart("APNs", key.config_toml(url, url), [Example(example)], sim.stop)

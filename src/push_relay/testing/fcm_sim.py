@@ -293,17 +293,26 @@ def _json(status: int, body: dict[str, Any]) -> H2Reply:
 
 
 SANDBOX_DEVICE = device_token("push-relay sandbox phone")
+SANDBOX_UNREGISTERED = device_token("push-relay sandbox phone, app uninstalled")
 
 
 async def sandbox_part(ca: TestCA, workdir: Path) -> SandboxPart:
     """The sandbox's FCM, with a freshly generated service account."""
-    from push_relay.sandbox import SandboxPart, log
+    from push_relay.sandbox import Example, SandboxPart, log
 
     def show(delivery: FcmDelivery) -> None:
         data = json.dumps(delivery.data, separators=(",", ":"))
         log.info("FCM device %s… receives data message %s", delivery.token[:8], data)
 
     sim = FcmSimulator(ca, generate_service_account("push-relay-sandbox"), on_delivery=show)
+    sim.script.set(SANDBOX_UNREGISTERED, UNREGISTERED)
     await sim.start()
-    example = f"type=fcm&token={SANDBOX_DEVICE}&session=123deadbeef&version=3"
-    return SandboxPart("FCM", sim.config_toml(), [example], sim.stop)
+    examples = [
+        Example(f"type=fcm&token={SANDBOX_DEVICE}&session=123deadbeef&version=3"),
+        Example(
+            f"type=fcm&token={SANDBOX_UNREGISTERED}&session=123deadbeef&version=3",
+            400,
+            "an unregistered token (the app is gone; FCM answers 404 UNREGISTERED)",
+        ),
+    ]
+    return SandboxPart("FCM", sim.config_toml(), examples, sim.stop)
