@@ -20,8 +20,8 @@ from prometheus_client import REGISTRY
 
 from helpers import FakeClock, answer_sandbox_examples
 from push_relay import config
-from push_relay.backends import Clients
-from push_relay.backends.apns import TOKEN_LIFETIME, ApnsBackend, Verdict, classify
+from push_relay.backends import Clients, Verdict
+from push_relay.backends.apns import TOKEN_LIFETIME, ApnsBackend, classify
 from push_relay.errors import ConfigError, FailureKind
 from push_relay.http2 import H2Client
 from push_relay.request import ApnsTarget
@@ -310,18 +310,22 @@ CLASSIFY = [
 def test_classify(status: int, body: bytes, kind: FailureKind | None, reason: str) -> None:
     verdict = classify(status, {"apns-id": "ID-1"}, body)
 
-    assert (kind, reason, status, "ID-1") == (
-        verdict.kind,
-        verdict.reason,
-        verdict.status,
-        verdict.apns_id,
-    )
+    assert (kind, reason) == (verdict.kind, verdict.reason)
+    assert "apns-id=ID-1" in verdict.detail
 
 
-def test_classify_keeps_apns_reason_for_the_log() -> None:
-    assert Verdict(FailureKind.CLIENT, "unregistered", 410, "Unregistered", "A") == classify(
+def test_classify_keeps_apns_reason_and_id_for_the_log() -> None:
+    assert Verdict(FailureKind.CLIENT, "unregistered", "reason=Unregistered apns-id=A") == classify(
         410, {"apns-id": "A"}, b'{"reason":"Unregistered","timestamp":1}'
     )
+
+
+def test_only_an_expired_provider_token_asks_for_a_new_one() -> None:
+    expired = classify(403, {}, b'{"reason":"ExpiredProviderToken"}')
+    invalid = classify(403, {}, b'{"reason":"InvalidProviderToken"}')
+
+    assert (True, False) == (expired.renew_auth, invalid.renew_auth)
+    assert "reason=ExpiredProviderToken apns-id=-" == expired.detail
 
 
 REASONS = [

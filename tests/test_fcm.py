@@ -17,8 +17,8 @@ from prometheus_client import REGISTRY
 
 from helpers import FakeClock, closed_port_url
 from push_relay import tls
-from push_relay.backends import Clients
-from push_relay.backends.fcm import Verdict, backoff, classify, retry_after
+from push_relay.backends import Clients, Verdict
+from push_relay.backends.fcm import backoff, classify, retry_after
 from push_relay.errors import FailureKind
 from push_relay.http2 import H2Client, H2Response
 from push_relay.testing import fcm_sim
@@ -124,7 +124,7 @@ def fcm_error(status: int, name: str, code: str | None = None) -> bytes:
             401,
             {},
             fcm_error(401, "UNAUTHENTICATED"),
-            Verdict(FailureKind.CLIENT, "unauthorized", "401 UNAUTHENTICATED"),
+            Verdict(FailureKind.CLIENT, "unauthorized", "401 UNAUTHENTICATED", renew_auth=True),
             id="401-unauthenticated",
         ),
         pytest.param(
