@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from prometheus_client import REGISTRY
 
-from helpers import FakeClock, answer_sandbox_examples
+from helpers import FakeClock, answer_sandbox_examples, wait_until
 from push_relay import config
 from push_relay.backends import Clients, Verdict
 from push_relay.backends.apns import TOKEN_LIFETIME, ApnsBackend, classify
@@ -531,7 +531,8 @@ async def test_200_concurrent_pushes_share_one_connection(
 ) -> None:
     sim = ApnsSimulator(test_ca, apns_key, clock=clock, max_concurrent_streams=100)
     await sim.start()
-    sim.script.set(DEVICE, Step(delay=0.5))
+    all_in = asyncio.Event()
+    sim.script.set(DEVICE, Step(until=all_in))  # held until every stream APNs allows is in use
     toml = apns_key.config_toml(sim.url, sim.url)
     try:
         async with (
@@ -545,7 +546,10 @@ async def test_200_concurrent_pushes_share_one_connection(
                 async with client.post(relay.url + "/push", data=body, headers=headers) as r:
                     return r.status
 
-            statuses = await asyncio.gather(*(push() for _ in range(200)))
+            pushes = asyncio.gather(*(push() for _ in range(200)))
+            await wait_until(lambda: 100 <= sim.server.max_streams_seen, "100 streams at once")
+            all_in.set()
+            statuses = await pushes
             opened = backend_of(relay).connections_opened
     finally:
         await sim.stop()

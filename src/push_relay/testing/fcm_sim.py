@@ -53,7 +53,8 @@ def device_token(name: str) -> str:
 @dataclass(frozen=True, slots=True)
 class Step:
     """One scripted answer: an error (`status`, FCM `error_status`, optional FcmError code),
-    an invalid success body (`raw`), a delay before answering, or a dropped connection."""
+    an invalid success body (`raw`), a delay before answering, no answer until `until` is
+    set, or a dropped connection."""
 
     status: int = 200
     error_status: str = ""
@@ -63,6 +64,7 @@ class Step:
     raw: bytes | None = None
     delay: float = 0.0
     drop: bool = False
+    until: asyncio.Event | None = None  # held open until the test sets it
 
 
 DELIVER = Step()
@@ -172,6 +174,8 @@ class FcmSimulator:
             return self._answer(request, message, _error(400, "INVALID_ARGUMENT", problem))
         assert message is not None
         step = self.script.next(message["token"]) or DELIVER
+        if step.until is not None:
+            await step.until.wait()
         if step.delay:
             await asyncio.sleep(step.delay)
         if step.drop:
