@@ -31,10 +31,12 @@ async def slow_gateway(test_ca: TestCA, tmp_path: Path) -> AsyncIterator[Gateway
 
 
 async def refuses_connections(url: str) -> bool:
+    """Whether the relay has stopped listening: a connection is refused, or reset when it
+    reached the backlog of the socket being closed."""
     address = urlsplit(url)
     try:
         _, writer = await asyncio.open_connection(address.hostname, address.port)
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):
         return True
     writer.close()
     return False
