@@ -95,8 +95,6 @@ class PushRelayApp:
         if not self.draining:
             log.info("draining: /ready answers 503 from now on")
         self.draining = True
-        if self.runtime is not None:
-            self.runtime.draining = True
 
     # -- routing ----------------------------------------------------------------------------
 
