@@ -66,7 +66,7 @@ class H2Connection(H2State, asyncio.Protocol):
         try:
             stream = self.open_stream(method, path, headers, body)
         except (NotSent, H2InvalidHeaderError):
-            self.settle()  # a slot this request was woken for goes on; used-up ids: drain
+            self.settle()  # the slot this request may have been woken for goes on
             raise
         stream.timer = self.loop.call_at(deadline, self.on_timeout, stream.id)
         if len(self.streams) == 1 and self.loop.time() - self.last_seen >= IDLE_SECS:

@@ -114,10 +114,9 @@ class H2State:
         fields = [field(":method", method), *self.pseudo, field(":path", path)]
         fields += [field(name, value) for name, value in headers]
         stream_id = self.next_id
-        if stream_id > self.max_id:  # ids used up: drain, a new connection takes over
-            self.goaway_id = self.wire_id
-            raise NotSent
         self.next_id = stream_id + 2
+        if self.next_id > self.max_id:  # the last id: drain, a new connection takes over
+            self.goaway_id = stream_id
         block = self.codec.encode(fields)
         stream = Stream(stream_id, self.loop.create_future(), self.peer_window)
         self.streams[stream_id] = stream
