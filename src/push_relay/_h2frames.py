@@ -7,7 +7,6 @@ carrying the HTTP/2 error code the connection closes with.
 
 from __future__ import annotations
 
-import re
 import struct
 from typing import cast
 
@@ -189,16 +188,18 @@ def unpad(flags: int, payload: bytes, priority: bool = False) -> bytes:
 
 # RFC 9113 §8.2.1: a name is lower-case token characters (RFC 9110 §5.6.2), or one of the
 # request pseudo-headers; a value holds no NUL, CR or LF and neither starts nor ends with
-# whitespace. Checked once per distinct field: the codec's cache remembers good ones.
-_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+|:(?:method|scheme|authority|path)").fullmatch
-_BAD_VALUE = re.compile(r"[\0\r\n]|\A[ \t]|[ \t]\Z").search
+# whitespace. Checked once per distinct field (the codec remembers the fields it sent), with
+# str methods rather than a regex: a fraction of a µs per new field.
+_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz")
+_PSEUDO = frozenset((":method", ":scheme", ":authority", ":path"))
+_WS = frozenset((" ", "\t"))  # a set: `"" in _WS` is False, as an empty value is fine
 
 
 def check_field(name: str, value: str) -> None:
     """Raise `H2InvalidHeaderError` for a field RFC 9113 §8.2.1 calls malformed."""
-    if _NAME(name) is None:
+    if name not in _PSEUDO and not (name and _TOKEN.issuperset(name)):
         raise H2InvalidHeaderError(f"malformed request header name {name[:64]!r}")
-    if _BAD_VALUE(value) is not None:
+    if "\n" in value or "\r" in value or "\0" in value or value[:1] in _WS or value[-1:] in _WS:
         raise H2InvalidHeaderError(f"malformed value of request header {name!r}")
 
 
