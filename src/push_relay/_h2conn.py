@@ -16,7 +16,8 @@ from typing import cast
 
 from push_relay import _h2frames as f
 from push_relay._h2errors import H2ConnectionError, H2InvalidHeaderError, H2TimeoutError, NotSent
-from push_relay._h2state import H2State, Stream
+from push_relay._h2state import H2State
+from push_relay._h2stream import Stream
 
 # A request opened on a connection that received nothing for this long may meet the server's
 # idle close; if the connection then ends without a byte, the request is sent once more.

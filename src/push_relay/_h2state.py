@@ -20,40 +20,12 @@ from push_relay._h2errors import (
     MaybeSent,
     NotSent,
 )
+from push_relay._h2stream import Stream
 
 _HALF_WINDOW = f.RECEIVE_WINDOW // 2  # acknowledge received data once this much is unacked
 # Our own cap on open streams, whatever the server allows: bounds the requests (and bodies)
 # one connection holds in memory; more wait for a stream.
 MAX_OPEN_STREAMS = 1000
-
-
-class Stream:
-    __slots__ = (
-        "body",
-        "chunks",
-        "future",
-        "headers",
-        "id",
-        "received",
-        "recv_window",
-        "send_window",
-        "sent",
-        "status",
-        "timer",
-    )
-
-    def __init__(self, stream_id: int, future: asyncio.Future[H2Response], window: int) -> None:
-        self.id = stream_id
-        self.future = future
-        self.status = 0  # until the final (non-1xx) response headers arrive
-        self.headers: dict[str, str] = {}
-        self.chunks: list[bytes] = []
-        self.received = 0  # response body bytes, bounded by `f.MAX_BODY`
-        self.body: bytes | None = None  # request body still (partly) unsent
-        self.sent = 0
-        self.send_window = window
-        self.recv_window = f.RECEIVE_WINDOW
-        self.timer: asyncio.TimerHandle | None = None
 
 
 class H2State:
