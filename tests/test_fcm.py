@@ -17,8 +17,9 @@ from prometheus_client import REGISTRY
 
 from helpers import FakeClock, closed_port_url, wait_until
 from push_relay import tls
+from push_relay.auth import Token
 from push_relay.backends import Clients, Verdict
-from push_relay.backends.fcm import backoff, classify, retry_after
+from push_relay.backends.fcm import TOKEN_KEY, backoff, classify, retry_after
 from push_relay.errors import FailureKind
 from push_relay.http2 import H2Client, H2Response
 from push_relay.testing import fcm_sim
@@ -481,6 +482,20 @@ async def test_connection_refused_is_400(
         answer = await relay.push(form())
     assert (400, NOT_OK) == (answer.status, answer.text)
     assert 1 == sim.token_requests  # the token was fine; the push could not be sent
+
+
+async def test_a_token_unfit_for_a_header_fails_the_push_before_anything_is_sent(
+    relay: RunningRelay, sim: FcmSimulator, clients: Clients
+) -> None:
+    """The HTTP/2 client refuses the malformed field (RFC 9113 §8.2.1): 500, nothing sent."""
+
+    async def broken_endpoint_token() -> Token:
+        return Token("ya29.x\r\nx-evil: 1", refresh_at=NOW + 3600, issued_at=NOW)
+
+    await clients.tokens.get(TOKEN_KEY, broken_endpoint_token)
+    answer = await relay.push(form())
+    assert (500, NOT_OK) == (answer.status, answer.text)
+    assert [] == sim.requests
 
 
 async def test_100_concurrent_pushes_use_one_tls_connection(

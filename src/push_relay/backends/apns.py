@@ -20,7 +20,7 @@ from push_relay.backends import Clients, Readiness, Verdict
 from push_relay.backends._json import json_object, to_json
 from push_relay.config import ApnsConfig, load_signing_key
 from push_relay.errors import FailureKind, PushFailed
-from push_relay.http2 import H2Client, H2Error, H2TimeoutError
+from push_relay.http2 import H2Client, H2Error, H2InvalidHeaderError, H2TimeoutError
 from push_relay.payload import ThreemaPayload
 from push_relay.request import ApnsTarget, PushRequest
 
@@ -156,6 +156,8 @@ class ApnsBackend:
             response = await client.request("POST", path, headers, body, REQUEST_TIMEOUT)
         except H2TimeoutError:
             raise PushFailed(FailureKind.UPSTREAM, "timeout", "no answer within 20 s") from None
+        except H2InvalidHeaderError as err:  # nothing was sent; the connection is unharmed
+            raise PushFailed(FailureKind.INTERNAL, "invalid_header", str(err)) from None
         except (H2Error, OSError) as err:  # refused, reset or lost connections
             raise PushFailed(FailureKind.UPSTREAM, "connection_failed", _describe(err)) from None
         return response.status, classify(response.status, response.headers, response.body)

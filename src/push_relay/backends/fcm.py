@@ -31,7 +31,7 @@ from push_relay.backends import Clients, Readiness, Verdict
 from push_relay.backends._json import json_object, to_json
 from push_relay.config import FcmConfig, ServiceAccount
 from push_relay.errors import FailureKind, PushFailed
-from push_relay.http2 import H2Client, H2Error
+from push_relay.http2 import H2Client, H2Error, H2InvalidHeaderError
 from push_relay.payload import ThreemaPayload
 from push_relay.request import FcmTarget, PushRequest
 
@@ -146,6 +146,8 @@ class FcmBackend:
                 response = await self.h2.request(
                     "POST", self.path, self._request_headers(token), body, REQUEST_TIMEOUT
                 )
+            except H2InvalidHeaderError as err:  # nothing was sent; the connection is unharmed
+                raise PushFailed(FailureKind.INTERNAL, "invalid_header", str(err)) from None
             except H2Error as err:  # connect, reset, timeout: the original answers 400
                 raise PushFailed(FailureKind.CLIENT, "connection_failed", str(err)) from None
             status = response.status
