@@ -84,9 +84,8 @@ class Server:
                 [sys.executable, str(BACKEND), str(self.backend_port)],
                 self.directory / "backend.log",
             )
-            _wait_accepting(self.backend, self.backend_port, None)
-        self.process = _spawn(self._argv(), self.directory / "server.log")
-        _wait_accepting(self.process, self.port, self.ca)
+            _wait_accepting(self.backend, self.backend_port, None, self.directory / "backend.log")
+        self._start_server()
 
     def stop(self) -> None:
         """Kill the server's process group and the back end (nothing of theirs is kept)."""
@@ -102,8 +101,7 @@ class Server:
     def restart(self) -> None:
         """Kill the server and start it again on the same port (the back end keeps running)."""
         self.kill()
-        self.process = _spawn(self._argv(), self.directory / "server.log")
-        _wait_accepting(self.process, self.port, self.ca)
+        self._start_server()
 
     @property
     def can_reload(self) -> bool:
@@ -137,8 +135,11 @@ class Server:
             totals[key] = totals.get(key, 0) + int(length)
         return [totals[key] for key in sorted(totals)]
 
-    def _argv(self) -> list[str]:
-        return command(self.name, self.directory, self.ca, self.port, self.backend_port)
+    def _start_server(self) -> None:
+        argv = command(self.name, self.directory, self.ca, self.port, self.backend_port)
+        output = self.directory / "server.log"
+        self.process = _spawn(argv, output)
+        _wait_accepting(self.process, self.port, self.ca, output)
 
 
 def _spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
@@ -177,13 +178,16 @@ def _live_members(pgid: int) -> list[int]:
     return members
 
 
-def _wait_accepting(process: subprocess.Popen[bytes], port: int, ca: TestCA | None) -> None:
+def _wait_accepting(
+    process: subprocess.Popen[bytes], port: int, ca: TestCA | None, log: Path
+) -> None:
     """Until a connection (with a TLS handshake agreeing on h2, given a CA) succeeds."""
     context = ca.client_context(["h2"]) if ca is not None else None
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"{_name(process)} exited with {process.returncode} at start-up")
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+            raise AssertionError(f"{_name(process)} exited with {process.returncode}:\n{tail}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
                 if context is None:
@@ -194,7 +198,7 @@ def _wait_accepting(process: subprocess.Popen[bytes], port: int, ca: TestCA | No
         except (OSError, ssl.SSLError):
             pass
         time.sleep(0.05)
-    raise AssertionError(f"{_name(process)} did not accept connections on 127.0.0.1:{port}")
+    raise AssertionError(f"{_name(process)} did not accept on 127.0.0.1:{port}; see {log}")
 
 
 def _name(process: subprocess.Popen[bytes]) -> str:
@@ -211,7 +215,7 @@ def advertised_settings(server: Server) -> dict[int, int]:
     ):
         tls.sendall(_PREFACE + _EMPTY_SETTINGS)
         buffer = b""
-        while True:
+        for _ in range(16):  # SETTINGS must be the server's first frame; allow some slack
             while len(buffer) < 9 or len(buffer) < 9 + int.from_bytes(buffer[:3]):
                 chunk = tls.recv(65536)
                 if not chunk:
@@ -224,3 +228,4 @@ def advertised_settings(server: Server) -> dict[int, int]:
                     int.from_bytes(payload[i : i + 2]): int.from_bytes(payload[i + 2 : i + 6])
                     for i in range(0, length, 6)
                 }
+    raise AssertionError(f"{server.name} sent no SETTINGS in its first 16 frames")
