@@ -193,7 +193,7 @@ async def test_a_graceful_reload_under_load_fails_no_request(
         reloaded_at.append(load.answered)
         server.reload()
 
-    def moved_on() -> bool:  # a new connection has carried 500 answers since the reload
+    def moved_on() -> bool:  # 500 answers since the reload, and a second connection opened
         return (
             bool(reloaded_at)
             and client.connections_opened >= 2
