@@ -32,14 +32,9 @@ from push_relay.testing.relay import RelayStarter
 
 SERVERS = ["nginx", "nghttpd", "nghttpx", "h2o", "apache"]
 RELOADABLE = [name for name in SERVERS if name != "nghttpd"]  # nghttpd can only be restarted
-NGHTTPX_IDLE_RACE = pytest.mark.xfail(
-    strict=True,
-    reason="nghttpx closes an idle connection without GOAWAY: a push written as it closes "
-    "fails with 'connection lost' instead of being sent again on a new connection",
-)
 IDLE_CLOSING = [  # nghttpd never closes an idle connection
     "nginx",
-    pytest.param("nghttpx", marks=NGHTTPX_IDLE_RACE),
+    "nghttpx",
     "h2o",
     "apache",
 ]
