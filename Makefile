@@ -4,14 +4,17 @@ ifeq ($(UV),)
 UV := python3 -m uv
 endif
 
-.PHONY: run test lint sync bootstrap bench bench-smoke
+.PHONY: run test lint sync bootstrap deps bench bench-smoke
 
 bootstrap:  ## install uv with pip when it is missing
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install -q uv \
 		|| python3 -m pip install -q --user --break-system-packages uv
 
+deps:  ## the Debian packages the tests and benchmarks use (list in scripts/deps.sh)
+	@scripts/deps.sh
+
 sync: bootstrap
-	$(UV) sync --locked
+	$(UV) sync --locked --extra sandbox
 
 run: sync  ## the relay against simulated push services on 127.0.0.1:3000
 	$(UV) run push-relay sandbox
@@ -21,8 +24,8 @@ lint: sync
 	$(UV) run ruff format --check src tests bench
 	$(UV) run mypy --strict src
 
-test: lint
+test: deps lint
 	$(UV) run pytest
 
-bench: sync  ## throughput and latency figures (needs nginx and wrk, see bench/README.md)
+bench: deps sync  ## throughput and latency figures against nginx, see bench/README.md
 	$(UV) run python bench/run.py

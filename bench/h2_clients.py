@@ -8,8 +8,8 @@ req/s and client CPU per request (the figure includes TLS and the event loop).
 
 History, on the 2-vCPU development machine (3 rounds of 40,000): on top of `h2`'s state
 machine the client needed 129 µs of CPU per request (7,600 req/s), on its fork `jh2` with a
-compiled HPACK codec 93 µs (10,600 req/s), with its own framing layer (`_h2frames`,
-`_h2recv`, `_h2conn`; HPACK still jh2's codec) 18 µs (55,000 req/s).
+compiled HPACK codec 93 µs (10,600 req/s), with its own framing layer (`_h2frames` and the
+modules beside it; HPACK still jh2's codec) 18 µs (55,000 req/s).
 """
 
 from __future__ import annotations

@@ -89,7 +89,7 @@ async def relay_with_services(
     examples = [
         dict(parse_qsl(body, keep_blank_values=True))
         for part in simulated_services
-        for body in part.examples
+        for body in part.delivered
     ]
     async with start_relay(toml, clients=Clients(backoff_base=0.001)) as relay:
         yield relay, examples

@@ -84,7 +84,7 @@ def influxd_binary() -> str:
     if binary is None:
         pytest.fail(
             "influxd not found: these tests need a real InfluxDB 1.x "
-            "(run `apt-get install influxdb`)",
+            "(the Debian package influxdb: `make deps` installs it)",
             pytrace=False,
         )
     return binary

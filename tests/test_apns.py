@@ -18,13 +18,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from prometheus_client import REGISTRY
 
-from helpers import FakeClock, answer_sandbox_examples
+from helpers import FakeClock, answer_sandbox_examples, wait_until
 from push_relay import config
-from push_relay.backends import Clients
-from push_relay.backends.apns import TOKEN_LIFETIME, ApnsBackend, Verdict, classify
-from push_relay.errors import ConfigError, FailureKind
+from push_relay.backends import Clients, Verdict
+from push_relay.backends.apns import TOKEN_LIFETIME, ApnsBackend, classify
+from push_relay.errors import ConfigError, FailureKind, PushFailed
 from push_relay.http2 import H2Client
-from push_relay.request import ApnsTarget
+from push_relay.request import ApnsTarget, PushRequest
 from push_relay.testing import apns_sim
 from push_relay.testing.apns_auth import ApnsKey, generate_key
 from push_relay.testing.apns_sim import DROP, ApnsSimulator, Step
@@ -310,18 +310,22 @@ CLASSIFY = [
 def test_classify(status: int, body: bytes, kind: FailureKind | None, reason: str) -> None:
     verdict = classify(status, {"apns-id": "ID-1"}, body)
 
-    assert (kind, reason, status, "ID-1") == (
-        verdict.kind,
-        verdict.reason,
-        verdict.status,
-        verdict.apns_id,
-    )
+    assert (kind, reason) == (verdict.kind, verdict.reason)
+    assert "apns-id=ID-1" in verdict.detail
 
 
-def test_classify_keeps_apns_reason_for_the_log() -> None:
-    assert Verdict(FailureKind.CLIENT, "unregistered", 410, "Unregistered", "A") == classify(
+def test_classify_keeps_apns_reason_and_id_for_the_log() -> None:
+    assert Verdict(FailureKind.CLIENT, "unregistered", "reason=Unregistered apns-id=A") == classify(
         410, {"apns-id": "A"}, b'{"reason":"Unregistered","timestamp":1}'
     )
+
+
+def test_only_an_expired_provider_token_asks_for_a_new_one() -> None:
+    expired = classify(403, {}, b'{"reason":"ExpiredProviderToken"}')
+    invalid = classify(403, {}, b'{"reason":"InvalidProviderToken"}')
+
+    assert (True, False) == (expired.renew_auth, invalid.renew_auth)
+    assert "reason=ExpiredProviderToken apns-id=-" == expired.detail
 
 
 REASONS = [
@@ -527,7 +531,8 @@ async def test_200_concurrent_pushes_share_one_connection(
 ) -> None:
     sim = ApnsSimulator(test_ca, apns_key, clock=clock, max_concurrent_streams=100)
     await sim.start()
-    sim.script.set(DEVICE, Step(delay=0.5))
+    all_in = asyncio.Event()
+    sim.script.set(DEVICE, Step(until=all_in))  # held until every stream APNs allows is in use
     toml = apns_key.config_toml(sim.url, sim.url)
     try:
         async with (
@@ -541,7 +546,10 @@ async def test_200_concurrent_pushes_share_one_connection(
                 async with client.post(relay.url + "/push", data=body, headers=headers) as r:
                     return r.status
 
-            statuses = await asyncio.gather(*(push() for _ in range(200)))
+            pushes = asyncio.gather(*(push() for _ in range(200)))
+            await wait_until(lambda: 100 <= sim.server.max_streams_seen, "100 streams at once")
+            all_in.set()
+            statuses = await pushes
             opened = backend_of(relay).connections_opened
     finally:
         await sim.stop()
@@ -552,6 +560,46 @@ async def test_200_concurrent_pushes_share_one_connection(
     assert 1 == opened
     # all the streams APNs allows were in use at once; the other 100 pushes waited for one
     assert 100 == sim.server.max_streams_seen
+
+
+@pytest.mark.parametrize(
+    "bundle_id",
+    [
+        pytest.param("com.example.app\r\nx-evil: 1", id="crlf"),
+        pytest.param("com.example.app\0", id="nul"),
+        pytest.param("com.example.app ", id="trailing-space"),
+    ],
+)
+async def test_a_malformed_header_fails_one_push_and_spares_the_connection(
+    start_relay: RelayStarter, test_ca: TestCA, apns_key: ApnsKey, clock: FakeClock, bundle_id: str
+) -> None:
+    """The HTTP/2 client's own check, behind the front end's: 500, nothing sent, and the
+    100 pushes sharing the connection with it are delivered on that one connection."""
+    sim = ApnsSimulator(test_ca, apns_key, clock=clock, max_concurrent_streams=100)
+    await sim.start()
+    sim.script.set(DEVICE, Step(delay=0.3))
+    toml = apns_key.config_toml(sim.url, sim.url)
+    bad = PushRequest(ApnsTarget(DEVICE, bundle_id, "p"), "123deadbeef", 3, None, 30, None)
+    try:
+        async with start_relay(toml, clients=Clients(clock=clock)) as relay:
+
+            async def send_bad() -> PushFailed:
+                await asyncio.sleep(0.05)  # while the good pushes are on the wire
+                with pytest.raises(PushFailed) as failed:
+                    await backend_of(relay).send(bad)
+                return failed.value
+
+            failure, *answers = await asyncio.gather(
+                send_bad(), *(relay.push(apns_push()) for _ in range(100))
+            )
+            opened = backend_of(relay).connections_opened
+    finally:
+        await sim.stop()
+
+    assert (500, "invalid_header") == (failure.status, failure.reason)
+    assert [204] * 100 == [a.status for a in answers]
+    assert 100 == len(sim.requests)
+    assert (1, 1) == (sim.connections_accepted, opened)
 
 
 async def test_pushes_continue_on_a_new_connection_after_goaway(
@@ -761,7 +809,7 @@ async def test_sandbox_example_is_delivered_and_logged(
     assert [
         "type=apns&token=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
         "&session=123deadbeef&version=3&bundleid=com.example.app&endpoint=s"
-    ] == part.examples
+    ] == [example.body for example in part.examples]
     assert [204] == [a.status for a in answers]
     [line] = [r.getMessage() for r in caplog.records if r.name == "push_relay.sandbox"]
     assert line.startswith("APNs device 01234567… (com.example.app, alert) shows")

@@ -97,7 +97,7 @@ def browser(page_origin: str) -> Iterator[webdriver.Chrome]:
     if missing:
         pytest.fail(
             f"{', '.join(missing)} not found: install the Debian packages chromium and "
-            "chromium-driver (apt-get install chromium chromium-driver)",
+            "chromium-driver (`make deps` installs them)",
             pytrace=False,
         )
     profile = tempfile.mkdtemp(prefix="push-relay-chromium-")

@@ -15,10 +15,11 @@ import jwt
 import pytest
 from prometheus_client import REGISTRY
 
-from helpers import FakeClock, closed_port_url
+from helpers import FakeClock, closed_port_url, wait_until
 from push_relay import tls
-from push_relay.backends import Clients
-from push_relay.backends.fcm import Verdict, backoff, classify, retry_after
+from push_relay.auth import Token
+from push_relay.backends import Clients, Verdict
+from push_relay.backends.fcm import TOKEN_KEY, backoff, classify, retry_after
 from push_relay.errors import FailureKind
 from push_relay.http2 import H2Client, H2Response
 from push_relay.testing import fcm_sim
@@ -124,7 +125,7 @@ def fcm_error(status: int, name: str, code: str | None = None) -> bytes:
             401,
             {},
             fcm_error(401, "UNAUTHENTICATED"),
-            Verdict(FailureKind.CLIENT, "unauthorized", "401 UNAUTHENTICATED"),
+            Verdict(FailureKind.CLIENT, "unauthorized", "401 UNAUTHENTICATED", renew_auth=True),
             id="401-unauthenticated",
         ),
         pytest.param(
@@ -483,11 +484,29 @@ async def test_connection_refused_is_400(
     assert 1 == sim.token_requests  # the token was fine; the push could not be sent
 
 
+async def test_a_token_unfit_for_a_header_fails_the_push_before_anything_is_sent(
+    relay: RunningRelay, sim: FcmSimulator, clients: Clients
+) -> None:
+    """The HTTP/2 client refuses the malformed field (RFC 9113 §8.2.1): 500, nothing sent."""
+
+    async def broken_endpoint_token() -> Token:
+        return Token("ya29.x\r\nx-evil: 1", refresh_at=NOW + 3600, issued_at=NOW)
+
+    await clients.tokens.get(TOKEN_KEY, broken_endpoint_token)
+    answer = await relay.push(form())
+    assert (500, NOT_OK) == (answer.status, answer.text)
+    assert [] == sim.requests
+
+
 async def test_100_concurrent_pushes_use_one_tls_connection(
     relay: RunningRelay, sim: FcmSimulator
 ) -> None:
-    sim.script.set(DEVICE, Step(delay=0.3))  # all 100 are in flight together
-    answers = await asyncio.gather(*(relay.push(form()) for _ in range(100)))
+    all_in = asyncio.Event()
+    sim.script.set(DEVICE, Step(until=all_in))  # held until all 100 are in flight together
+    pushes = asyncio.gather(*(relay.push(form()) for _ in range(100)))
+    await wait_until(lambda: 100 <= sim.server.max_streams_seen, "100 streams open at once")
+    all_in.set()
+    answers = await pushes
     assert [204] * 100 == [a.status for a in answers]
     assert 100 == len(sim.requests)
     assert 1 == sim.server.connections_accepted

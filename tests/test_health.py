@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -84,14 +83,13 @@ async def test_ready_is_bounded_when_the_token_endpoint_hangs(
     await slow.start()
     try:
         async with start_relay(slow.config_toml(APP)) as relay:
-            started = time.monotonic()
             status, body = await ready(relay)
-            elapsed = time.monotonic() - started
+            token_requests = slow.token_requests
     finally:
         await slow.stop()
     assert 503 == status
     assert {f"hms:{APP}": {"ok": False, "detail": "check timed out after 2 s"}} == body["backends"]
-    assert 1.5 < elapsed < 2.9
+    assert 1 == token_requests  # the check asked, and /ready did not wait for the answer
 
 
 async def test_ready_flips_to_503_as_soon_as_draining_starts(

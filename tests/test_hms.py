@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 
 from helpers import FakeClock, answer_sandbox_examples, closed_port_url
 from push_relay.backends import Clients
-from push_relay.backends.hms import Verdict, classify
+from push_relay.backends.hms import classify
 from push_relay.errors import FailureKind
 from push_relay.testing import hms_sim
 from push_relay.testing.ca import TestCA
@@ -213,31 +213,70 @@ def result(code: str, msg: object = "m") -> bytes:
 
 
 CLASSIFY = [
-    pytest.param(200, result("80000000"), None, False, id="ok"),
-    pytest.param(200, result("80100000"), FailureKind.CLIENT, False, id="80100000"),
-    pytest.param(200, result("80300007"), FailureKind.CLIENT, False, id="80300007"),
-    pytest.param(200, result("81000001"), FailureKind.UPSTREAM, False, id="81000001"),
-    pytest.param(200, result("80200001"), FailureKind.UPSTREAM, True, id="80200001-clears"),
-    pytest.param(200, result("80200003"), FailureKind.UPSTREAM, True, id="80200003-clears"),
-    pytest.param(200, result("80100003"), FailureKind.INTERNAL, False, id="other-code"),
-    pytest.param(200, result("80000000", 1), FailureKind.INTERNAL, False, id="msg-not-string"),
-    pytest.param(200, b"\xff\xfe", FailureKind.INTERNAL, False, id="not-utf8"),
-    pytest.param(200, b"", FailureKind.INTERNAL, False, id="empty"),
-    pytest.param(400, b"", FailureKind.CLIENT, False, id="400"),
-    pytest.param(401, b"", FailureKind.INTERNAL, True, id="401-clears"),
-    pytest.param(403, b"", FailureKind.INTERNAL, False, id="403"),
-    pytest.param(429, b"", FailureKind.INTERNAL, False, id="429"),
-    pytest.param(500, b"", FailureKind.UPSTREAM, False, id="500"),
-    pytest.param(502, b"", FailureKind.UPSTREAM, False, id="502"),
-    pytest.param(503, b"", FailureKind.UPSTREAM, False, id="503"),
-    pytest.param(504, b"", FailureKind.INTERNAL, False, id="504"),
+    pytest.param(200, result("80000000"), None, "delivered", False, id="200-80000000-ok"),
+    pytest.param(
+        200, result("80100000"), FailureKind.CLIENT, "invalid_token", False, id="200-80100000"
+    ),
+    pytest.param(
+        200, result("80300007"), FailureKind.CLIENT, "invalid_token", False, id="200-80300007"
+    ),
+    pytest.param(
+        200, result("81000001"), FailureKind.UPSTREAM, "upstream_error", False, id="200-81000001"
+    ),
+    pytest.param(
+        200,
+        result("80200001"),
+        FailureKind.UPSTREAM,
+        "auth_rejected",
+        True,
+        id="200-80200001-renews-token",
+    ),
+    pytest.param(
+        200,
+        result("80200003"),
+        FailureKind.UPSTREAM,
+        "auth_rejected",
+        True,
+        id="200-80200003-renews-token",
+    ),
+    pytest.param(
+        200, result("80100003"), FailureKind.INTERNAL, "unexpected_code", False, id="200-other"
+    ),
+    pytest.param(
+        200,
+        result("80000000", 1),
+        FailureKind.INTERNAL,
+        "bad_response",
+        False,
+        id="200-msg-not-string",
+    ),
+    pytest.param(200, b"\xff\xfe", FailureKind.INTERNAL, "bad_response", False, id="200-not-utf8"),
+    pytest.param(200, b"", FailureKind.INTERNAL, "bad_response", False, id="200-empty"),
+    pytest.param(400, b"", FailureKind.CLIENT, "bad_request", False, id="400-bad-request"),
+    pytest.param(401, b"", FailureKind.INTERNAL, "unexpected_status", True, id="401-renews-token"),
+    pytest.param(403, b"", FailureKind.INTERNAL, "unexpected_status", False, id="403"),
+    pytest.param(429, b"", FailureKind.INTERNAL, "unexpected_status", False, id="429"),
+    pytest.param(500, b"", FailureKind.UPSTREAM, "upstream_error", False, id="500"),
+    pytest.param(502, b"", FailureKind.UPSTREAM, "upstream_error", False, id="502"),
+    pytest.param(
+        503, b"", FailureKind.UPSTREAM, "upstream_unavailable", False, id="503-unavailable"
+    ),
+    pytest.param(504, b"", FailureKind.INTERNAL, "unexpected_status", False, id="504"),
 ]
 
 
-@pytest.mark.parametrize(("status", "body", "kind", "clear"), CLASSIFY)
-def test_classify(status: int, body: bytes, kind: FailureKind | None, clear: bool) -> None:
-    verdict: Verdict = classify(status, body)
-    assert (kind, clear) == (verdict.kind, verdict.clear_token)
+@pytest.mark.parametrize(("status", "body", "kind", "reason", "renew"), CLASSIFY)
+def test_classify(
+    status: int, body: bytes, kind: FailureKind | None, reason: str, renew: bool
+) -> None:
+    verdict = classify(status, {}, body)
+    assert (kind, reason, renew) == (verdict.kind, verdict.reason, verdict.renew_auth)
+
+
+def test_classify_quotes_only_the_result_code() -> None:
+    """Huawei's `msg` can list device tokens: the detail for the log is the code alone."""
+    body = json.dumps({"code": "80100000", "msg": '{"illegal_tokens":["tok"]}', "requestId": "1"})
+    assert "code 80100000" == classify(200, {}, body.encode()).detail
 
 
 # -- access tokens ---------------------------------------------------------------------------
@@ -442,7 +481,9 @@ async def test_sandbox_example_answers_204(
     part, answers = await answer_sandbox_examples(
         start_relay, hms_sim.sandbox_part, test_ca, tmp_path
     )
-    assert [204] * len(part.examples) == [a.status for a in answers]
+    [example] = part.examples
+    assert example.body.startswith("type=hms&appid=123456&token=")  # the seed README's app id
+    assert [204] == [a.status for a in answers]
     assert '"wcs":"123deadbeef"' in caplog.text
 
 

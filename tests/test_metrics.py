@@ -79,10 +79,12 @@ async def test_requests_are_counted_by_backend_outcome_and_reason(
         assert 502 == (await relay.push(gateway.push(identity="NOCREDIT"))).status
         assert 500 == (await relay.push(gateway.push(identity="BROKEN11"))).status
         assert 400 == (await relay.push({"token": "t", "session": "s", "version": "3"})).status
-        sim.delay = 0.3
+        sim.delay = 0.3  # timed below: the histogram's sum grows by at least this much
+        sim.hold()
         slow = asyncio.create_task(relay.push(gateway.push()))
         await sim.wait_arrived(6)
         assert 503 == (await relay.push(gateway.push())).status
+        sim.release()
         assert 204 == (await slow).status
         after = await scrape(relay)
 
@@ -100,11 +102,12 @@ async def test_requests_are_counted_by_backend_outcome_and_reason(
 async def test_in_flight_gauge_counts_pushes_being_relayed(
     start_relay: RelayStarter, gateway: GatewayRig
 ) -> None:
-    gateway.simulator.delay = 0.5
+    gateway.simulator.hold()
     async with start_relay(gateway.section) as relay:
         pushes = [asyncio.create_task(relay.push(gateway.push())) for _ in range(3)]
         await gateway.simulator.wait_arrived(3)
         during = await scrape(relay)
+        gateway.simulator.release()
         await asyncio.gather(*pushes)
         after = await scrape(relay)
     assert 3 == during[("push_relay_in_flight", frozenset())]

@@ -1,7 +1,9 @@
 """`push-relay sandbox` as a user meets it: run it, paste every printed curl command, stop it.
 
-Each push service whose simulator exists (`push_relay/testing/<name>_sim.py`) must appear in
-the sandbox with an example, and every example must be answered 204 and be delivered.
+The printed examples are the seed README's four, with only the tokens and the gateway recipient
+key replaced, each answered 204 and delivered; then examples that fail on purpose, each saying
+what it shows and the status it gets. Each push service whose simulator exists
+(`push_relay/testing/<name>_sim.py`) must appear in the sandbox with an example.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import asyncio
 import re
 import signal
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -20,12 +23,36 @@ import push_relay.testing
 from push_relay.testing.ports import free_port
 
 SIMULATOR_TYPES = {"fcm": "fcm", "apns": "apns", "hms": "hms", "gateway": "threema-gateway"}
-CURL = re.compile(
-    r'^curl -i -X POST -H "Origin: https://localhost" (?P<url>http://\S+/push) \\\n'
+EXAMPLE = re.compile(
+    r"^# (?P<comment>.+)\n"
+    r'curl -i -X POST -H "Origin: https://localhost" (?P<url>http://\S+/push) \\\n'
     r'  -d "(?P<body>[^"]+)"$',
     re.MULTILINE,
 )
+FAILURE_STATUS = re.compile(r" answers (?P<status>[0-9]{3})$")
 BANNER_END = "Stop with Ctrl-C."
+# the seed README's examples, as users copy them
+SEED_EXAMPLES = [
+    "type=apns&token=asdf&session=123deadbeef&version=3&bundleid=com.example.app&endpoint=s",
+    "type=fcm&token=asdf&session=123deadbeef&version=3",
+    "type=hms&appid=123456&token=asdf&session=123deadbeef&version=3",
+    "type=threema-gateway&session=123deadbeef&version=3&identity=ECHOECHO"
+    "&public_key=0000000000000000000000000000000000000000000000000000000000000000",
+]
+REPLACED = {"token", "public_key"}  # the values the sandbox's simulators must choose
+
+
+def without_tokens(body: str) -> list[tuple[str, str]]:
+    """The form's pairs in order, with the values the sandbox replaces blanked out."""
+    pairs = [pair.partition("=")[::2] for pair in body.split("&")]
+    return [(key, "…" if key in REPLACED else value) for key, value in pairs]
+
+
+def printed_status(comment: str) -> int:
+    """The status an example says it gets: `# <service>: <what it shows> answers 400`, or 204
+    for the examples under "each answers 204"."""
+    match = FAILURE_STATUS.search(comment)
+    return int(match["status"]) if match else 204
 
 
 def simulated_types() -> set[str]:
@@ -67,7 +94,7 @@ async def collect(stream: asyncio.StreamReader, into: list[str]) -> None:
         into.append(line.decode().rstrip("\n"))
 
 
-async def test_every_printed_example_is_answered_204_and_delivered() -> None:
+async def test_every_printed_example_gets_its_status_and_the_first_are_the_seeds() -> None:
     address = f"127.0.0.1:{free_port()}"
     process = await start_sandbox(address)
     assert process.stdout is not None and process.stderr is not None
@@ -75,17 +102,23 @@ async def test_every_printed_example_is_answered_204_and_delivered() -> None:
     log_reader = asyncio.create_task(collect(process.stderr, log_lines))
     try:
         banner = await read_banner(process.stdout)
-        examples = [(m["url"], m["body"]) for m in CURL.finditer(banner)]
+        examples = [
+            (m["url"], m["body"], printed_status(m["comment"])) for m in EXAMPLE.finditer(banner)
+        ]
 
         assert f"listening on http://{address}" in banner
-        assert {f"http://{address}/push"} == {url for url, _ in examples}
+        assert {f"http://{address}/push"} == {url for url, _, _ in examples}
+        assert [without_tokens(seed) for seed in SEED_EXAMPLES] == [
+            without_tokens(body) for _, body, _ in examples[:4]
+        ]
+        assert [204, 204, 204, 204, 400] == [status for _, _, status in examples[:5]], banner
         types = {
-            dict(pair.split("=", 1) for pair in body.split("&"))["type"] for _, body in examples
+            dict(pair.split("=", 1) for pair in body.split("&"))["type"] for _, body, _ in examples
         }
         assert simulated_types() <= types, banner
         statuses: list[int] = []
         async with aiohttp.ClientSession() as session:
-            for url, body in examples:
+            for url, body, _ in examples:
                 async with session.post(
                     url,
                     data=body,
@@ -95,7 +128,7 @@ async def test_every_printed_example_is_answered_204_and_delivered() -> None:
                     },
                 ) as response:
                     statuses.append(response.status)
-        assert [204] * len(examples) == statuses, examples
+        assert [status for _, _, status in examples] == statuses, examples
 
         process.send_signal(signal.SIGINT)
         async with asyncio.timeout(30):
@@ -110,8 +143,26 @@ async def test_every_printed_example_is_answered_204_and_delivered() -> None:
     assert process.returncode == 0, "\n".join(log_lines)
     assert not [line for line in log_lines if "Traceback" in line or " ERROR " in line]
     deliveries = [line for line in log_lines if " push_relay.sandbox: " in line]
-    assert len(examples) == len(deliveries), "\n".join(log_lines)
+    assert statuses.count(204) == len(deliveries), "\n".join(log_lines)
     assert all("123deadbeef" in line for line in deliveries)
+
+
+def test_without_the_sandbox_extra_it_says_what_to_install() -> None:
+    """A production install has no simulators (no `h2`): one line naming the extra, exit 2."""
+    blocked = "import sys; sys.modules['h2'] = None; from push_relay.cli import main; "
+    done = subprocess.run(
+        [sys.executable, "-c", blocked + "sys.exit(main(['sandbox', '-l', '127.0.0.1:1']))"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert 2 == done.returncode
+    assert "" == done.stdout
+    assert [
+        "push-relay sandbox: the simulators need h2, which is not installed: "
+        "pip install 'push-relay[sandbox]'"
+    ] == done.stderr.splitlines()
 
 
 @pytest.mark.parametrize("listen", ["127.0.0.1", "127.0.0.1:99999"])

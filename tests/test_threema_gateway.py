@@ -232,21 +232,23 @@ async def test_status_mapping(
 
 
 @pytest.mark.parametrize(
-    ("status", "kind"),
+    ("status", "kind", "reason"),
     [
-        (200, None),
-        (400, FailureKind.UPSTREAM),
-        (401, FailureKind.UPSTREAM),
-        (402, FailureKind.UPSTREAM),
-        (413, FailureKind.UPSTREAM),
-        (201, FailureKind.INTERNAL),
-        (404, FailureKind.INTERNAL),
-        (500, FailureKind.INTERNAL),
-        (502, FailureKind.INTERNAL),
+        pytest.param(200, None, "delivered", id="200-delivered"),
+        pytest.param(400, FailureKind.UPSTREAM, "invalid_recipient", id="400-invalid-recipient"),
+        pytest.param(401, FailureKind.UPSTREAM, "bad_credentials", id="401-bad-credentials"),
+        pytest.param(402, FailureKind.UPSTREAM, "no_credits", id="402-no-credits"),
+        pytest.param(413, FailureKind.UPSTREAM, "message_too_long", id="413-message-too-long"),
+        pytest.param(201, FailureKind.INTERNAL, "unexpected_status", id="201-unexpected"),
+        pytest.param(404, FailureKind.INTERNAL, "unexpected_status", id="404-unexpected"),
+        pytest.param(500, FailureKind.INTERNAL, "unexpected_status", id="500-unexpected"),
+        pytest.param(502, FailureKind.INTERNAL, "unexpected_status", id="502-unexpected"),
     ],
 )
-def test_classify(status: int, kind: FailureKind | None) -> None:
-    assert kind == classify(status)
+def test_classify(status: int, kind: FailureKind | None, reason: str) -> None:
+    verdict = classify(status, {}, b"" if status != 200 else b"0123456789abcdef")
+    assert (kind, reason) == (verdict.kind, verdict.reason)
+    assert ("" if status == 200 else f"gateway answered {status}") == verdict.detail
 
 
 async def test_wrong_secret_is_refused_by_the_gateway(
@@ -361,7 +363,9 @@ async def test_sandbox_example_answers_204(
     part, answers = await answer_sandbox_examples(
         start_relay, gateway_sim.sandbox_part, test_ca, tmp_path
     )
-    assert [204] * len(part.examples) == [a.status for a in answers]
+    [example] = part.examples
+    assert "&identity=ECHOECHO&public_key=" in example.body
+    assert [204] == [a.status for a in answers]
     assert '"wcs":"123deadbeef"' in caplog.text
 
 

@@ -120,10 +120,11 @@ async def test_a_crashed_worker_is_restarted_and_its_counts_are_kept(
 async def test_sigterm_drains_every_worker_exits_0_and_removes_the_state_dir(
     two_workers: RelayProcess, gateway: GatewayRig, fresh: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
-    gateway.simulator.delay = 0.5
+    gateway.simulator.hold()
     pushes = [asyncio.create_task(push(fresh, two_workers, gateway.push())) for _ in range(10)]
     await gateway.simulator.wait_arrived(10)
     two_workers.send_signal(signal.SIGTERM)
+    gateway.simulator.release()  # while the workers drain
 
     assert [204] * 10 == await asyncio.gather(*pushes)
     assert 0 == await two_workers.wait()

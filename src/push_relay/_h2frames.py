@@ -13,6 +13,8 @@ from typing import cast
 # jh2 ships a stub for its compiled codec (_hazmat.pyi) but no py.typed marker
 from jh2._hazmat import Decoder, Encoder, OversizedHeaderListError  # type: ignore[import-untyped]
 
+from push_relay._h2errors import H2InvalidHeaderError
+
 # Frame types (RFC 9113 §6)
 DATA = 0x0
 HEADERS = 0x1
@@ -47,6 +49,7 @@ FRAME_SIZE_ERROR = 0x6
 REFUSED_STREAM = 0x7
 CANCEL = 0x8
 COMPRESSION_ERROR = 0x9
+ENHANCE_YOUR_CALM = 0xB
 ERROR_NAMES = {
     0x0: "NO_ERROR",
     0x1: "PROTOCOL_ERROR",
@@ -70,6 +73,8 @@ MAX_WINDOW = 2**31 - 1
 MAX_STREAM_ID = 2**31 - 1
 RECEIVE_WINDOW = 16 * 1024 * 1024  # our receive windows: a response never waits for us
 MAX_HEADER_LIST = 64 * 1024  # decoded response header list; also bounds CONTINUATION
+MAX_CONTINUATIONS = 16  # per header block: 64 KiB fits in 5; more is a flood of tiny frames
+MAX_BODY = 64 * 1024  # a response body (push services answer a few hundred bytes)
 OUR_TABLE_SIZE = 4096  # the HPACK table we keep for our requests, at most
 
 HEADER = struct.Struct(">HBBBL")  # length (24 bits as 16 + 8), type, flags, stream id
@@ -89,11 +94,13 @@ SETTINGS_ACK = HEADER.pack(0, 0, SETTINGS, ACK, 0)
 
 
 class FrameError(Exception):
-    """The peer broke the protocol: a connection error with this HTTP/2 error code."""
+    """A connection error with this HTTP/2 error code: the peer broke the protocol, or
+    (`by_peer`) closed the connection with it."""
 
-    def __init__(self, code: int, message: str) -> None:
+    def __init__(self, code: int, message: str, *, by_peer: bool = False) -> None:
         super().__init__(message)
         self.code = code
+        self.by_peer = by_peer
 
 
 def frame_header(length: int, frame_type: int, flags: int, stream_id: int) -> bytes:
@@ -151,6 +158,20 @@ def settings_fields(payload: bytes) -> list[tuple[int, int]]:
     return [_SETTING.unpack_from(payload, i) for i in range(0, len(payload), 6)]
 
 
+def response_status(fields: list[tuple[bytes, bytes, bool]], stream_id: int) -> int:
+    if not fields or fields[0][0] != b":status" or not fields[0][1].isdigit():
+        raise FrameError(PROTOCOL_ERROR, f"response without :status on {stream_id}")
+    return int(fields[0][1])
+
+
+def response_headers(fields: list[tuple[bytes, bytes, bool]]) -> dict[str, str]:
+    """The regular fields of a response head, by name."""
+    try:
+        return {n.decode(): v.decode() for n, v, _ in fields if n[:1] != b":"}
+    except UnicodeDecodeError:
+        raise FrameError(PROTOCOL_ERROR, "response header not UTF-8") from None
+
+
 def unpad(flags: int, payload: bytes, priority: bool = False) -> bytes:
     """The fragment of a DATA or HEADERS payload without padding and priority fields."""
     start, end = 0, len(payload)
@@ -163,6 +184,23 @@ def unpad(flags: int, payload: bytes, priority: bool = False) -> bytes:
     if start > end:
         raise FrameError(PROTOCOL_ERROR, "padding or priority exceeds the frame")
     return payload[start:end]
+
+
+# RFC 9113 §8.2.1: a name is lower-case token characters (RFC 9110 §5.6.2), or one of the
+# request pseudo-headers; a value holds no NUL, CR or LF and neither starts nor ends with
+# whitespace. Checked once per distinct field (the codec remembers the fields it sent), with
+# str methods rather than a regex: a fraction of a µs per new field.
+_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz")
+_PSEUDO = frozenset((":method", ":scheme", ":authority", ":path"))
+_WS = frozenset((" ", "\t"))  # a set: `"" in _WS` is False, as an empty value is fine
+
+
+def check_field(name: str, value: str) -> None:
+    """Raise `H2InvalidHeaderError` for a field RFC 9113 §8.2.1 calls malformed."""
+    if name not in _PSEUDO and not (name and _TOKEN.issuperset(name)):
+        raise H2InvalidHeaderError(f"malformed request header name {name[:64]!r}")
+    if "\n" in value or "\r" in value or "\0" in value or value[:1] in _WS or value[-1:] in _WS:
+        raise H2InvalidHeaderError(f"malformed value of request header {name!r}")
 
 
 class HeaderCodec:
@@ -183,6 +221,8 @@ class HeaderCodec:
         key = (name, value)
         entry = self.seen.get(key)
         if entry is None or entry[2]:
+            if entry is None:
+                check_field(name, value)
             if len(self.seen) >= 1024:  # bounded: varying values would grow it forever
                 self.seen.clear()
             entry = (name.encode(), value.encode(), entry is None)

@@ -104,8 +104,6 @@ class PushRelayApp:
         old, self.runtime = self.runtime, runtime
         self._set_config(config)
         self._probe = ReadinessProbe(runtime.relay, config.backend_names())
-        if self.draining:
-            runtime.draining = True
         if old is not None:
             task = asyncio.get_running_loop().create_task(old.stop())
             self._retiring.add(task)
@@ -116,8 +114,6 @@ class PushRelayApp:
         if not self.draining:
             log.info("draining: /ready answers 503 from now on")
         self.draining = True
-        if self.runtime is not None:
-            self.runtime.draining = True
 
     # -- routing ----------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ RelayError
 from __future__ import annotations
 
 import enum
+from typing import ClassVar
 
 
 class RelayError(Exception):
@@ -32,10 +33,10 @@ class InvalidRequest(RelayError):
 
     MISSING = "Missing parameters"
     INVALID = "Invalid parameters"
+    status: ClassVar[int] = 400  # every validation failure
 
-    def __init__(self, body: str, status: int = 400) -> None:
+    def __init__(self, body: str) -> None:
         self.body = body
-        self.status = status
         super().__init__(body)
 
 
@@ -45,7 +46,6 @@ class FailureKind(enum.Enum):
     CLIENT = 400  # bad or expired token, backend not configured, request could not be sent
     INTERNAL = 500  # the relay itself failed: auth, unexpected upstream answer
     UPSTREAM = 502  # the push service failed or refused for a reason that is not the client's
-    OVERLOADED = 503  # too many pushes in flight; the client should retry soon
 
     @property
     def status(self) -> int:

@@ -58,11 +58,9 @@ class ReadinessProbe:
 
 
 def _state_of(name: str, reported: dict[str, Readiness]) -> Readiness:
-    """A backend's own report for `name`, else the failure reported for its type."""
+    """A backend's own report for `name` (`hms:<app>`), else the failure reported for its
+    type (`hms`, when the check of all HMS apps timed out or failed)."""
     state = reported.get(name) or reported.get(name.partition(":")[0])
-    if state is None:  # tolerate `threema_gateway` for `threemagateway`
-        loose = {key.replace("_", ""): value for key, value in reported.items()}
-        state = loose.get(name.replace("_", ""))
     return state or Readiness(False, "backend gave no readiness report")
 
 

@@ -1,16 +1,20 @@
 """The relay's asyncio HTTP/2 client: one multiplexed connection per push-service origin.
 
 Off-the-shelf async HTTP/2 clients cost several times more CPU per request than the relay can
-afford, so this is a minimal client framing layer of its own (RFC 9113, `_h2frames`, `_h2recv`,
-`_h2conn`): a request is a future on a stream (no task per request), writes are batched into
-one `transport.write` per loop iteration, and the connection is opened lazily, shared by every
-request, and replaced transparently when the server sends GOAWAY or the connection dies.
+afford, so this is a minimal client of its own (RFC 9113): `_h2frames` builds and parses
+frames, `_h2state` is one connection's state and frame handling, `_h2conn` its asyncio
+protocol, `_h2errors` the errors drawn below. A request is a future on a stream (no task per
+request), writes are batched into one `transport.write` per loop iteration, and the
+connection is opened lazily, shared by every request, and replaced transparently when the
+server sends GOAWAY, stops taking streams or the connection dies.
 
 H2Error
-├── H2ConnectionError   could not connect, or the connection died while this request was on
-│                       the wire (requests that never reached the wire are retried instead)
-├── H2TimeoutError      this request's timeout passed; only its stream was reset
-└── H2StreamResetError  the server reset this request's stream
+├── H2ConnectionError       could not connect, or the connection died while this request was
+│                           on the wire (requests that never reached the wire are retried)
+├── H2TimeoutError          this request's timeout passed; only its stream was reset
+├── H2StreamResetError      the server reset this request's stream
+├── H2ResponseTooLargeError the response body passed 64 KiB; only its stream was reset
+└── H2InvalidHeaderError    a request field is malformed (RFC 9113 §8.2.1); nothing was sent
 """
 
 from __future__ import annotations
@@ -19,21 +23,27 @@ import asyncio
 import ssl
 from urllib.parse import urlsplit
 
-from push_relay._h2base import (
+from push_relay import _h2frames
+from push_relay._h2conn import H2Connection
+from push_relay._h2errors import (
     H2ConnectionError,
     H2Error,
+    H2InvalidHeaderError,
     H2Response,
+    H2ResponseTooLargeError,
     H2StreamResetError,
     H2TimeoutError,
+    MaybeSent,
     NotSent,
 )
-from push_relay._h2conn import H2Connection
 
 __all__ = [
     "H2Client",
     "H2ConnectionError",
     "H2Error",
+    "H2InvalidHeaderError",
     "H2Response",
+    "H2ResponseTooLargeError",
     "H2StreamResetError",
     "H2TimeoutError",
 ]
@@ -48,7 +58,9 @@ class H2Client:
     """Requests to one origin over one HTTP/2 connection, opened on first use.
 
     `ssl_context` must offer ALPN `h2`; None speaks plaintext h2c with prior knowledge (tests).
-    Request header names must be lower-case, as HTTP/2 requires (they are sent as given).
+    Request header names must be lower-case, as HTTP/2 requires; a malformed field fails its
+    request with `H2InvalidHeaderError` before anything is sent. `max_stream_id` lets tests
+    reach stream-id exhaustion (a connection then drains and the next one takes over).
     """
 
     def __init__(
@@ -58,6 +70,7 @@ class H2Client:
         *,
         connect_timeout: float = 10.0,
         ping_interval: float = 30.0,
+        max_stream_id: int = _h2frames.MAX_STREAM_ID,
     ) -> None:
         url = urlsplit(origin)
         if url.scheme not in ("https", "http") or not url.hostname:
@@ -70,6 +83,7 @@ class H2Client:
         self._ssl = ssl_context
         self._connect_timeout = connect_timeout
         self._ping_interval = ping_interval
+        self._max_stream_id = max_stream_id
         self._conn: H2Connection | None = None
         self._connecting: asyncio.Task[H2Connection] | None = None
         self._closed = False
@@ -89,6 +103,7 @@ class H2Client:
     ) -> H2Response:
         """Send one request and wait for its whole response, at most `timeout` seconds."""
         deadline = asyncio.get_running_loop().time() + timeout
+        resent = False
         for _ in range(_MAX_ATTEMPTS):
             conn = self._conn
             if conn is None or not conn.usable:
@@ -102,6 +117,10 @@ class H2Client:
                 except asyncio.CancelledError:
                     conn.cancel(stream)
                     raise
+            except MaybeSent:
+                if resent:
+                    raise H2ConnectionError(f"{self.origin}: connection lost") from None
+                resent = True  # most likely unread by a server closing an idle connection
             except NotSent:
                 continue  # the server never saw it: safe to send on the next connection
         raise H2ConnectionError(f"{self.origin}: connection closed before the request was sent")
@@ -140,7 +159,9 @@ class H2Client:
 
     async def _open(self) -> H2Connection:
         loop = asyncio.get_running_loop()
-        conn = H2Connection(loop, self._scheme, self._authority, self._ping_interval)
+        conn = H2Connection(
+            loop, self._scheme, self._authority, self._ping_interval, self._max_stream_id
+        )
         try:
             async with asyncio.timeout(self._connect_timeout):
                 await loop.create_connection(

@@ -112,6 +112,7 @@ class InfluxSink:
         self._last_us = 0
         self._slot = os.getpid() % 1000 if worker_slot is None else worker_slot % 1000
         self.dropped = 0  # points lost since start, for tests and the shutdown log
+        self.write_requests = 0  # sent so far, answered or not: tests wait on it
         self._dropped_unreported = 0
         self._last_drop_report = -math.inf
         self._batch_ready = asyncio.Event()
@@ -230,6 +231,7 @@ class InfluxSink:
         return _Result.DENIED if status in (401, 403) else _Result.RETRY
 
     async def _post_write(self, body: bytes) -> tuple[int, str]:
+        self.write_requests += 1
         async with self._clients.http.post(
             f"{self._base}/write",
             params={"db": self._config.db, "precision": "ns"},

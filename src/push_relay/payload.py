@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +20,8 @@ class ThreemaPayload:
         return cls(push.session, push.affiliation, int(now), push.version)
 
     def as_numbers(self) -> dict[str, Any]:
-        """APNs, HMS and the gateway carry `wct` and `wcv` as JSON numbers."""
+        """APNs, HMS and the gateway carry `wct` and `wcv` as JSON numbers (serialized with
+        `backends._json.to_json`)."""
         data: dict[str, Any] = {"wcs": self.session}
         if self.affiliation is not None:
             data["wca"] = self.affiliation
@@ -37,7 +37,3 @@ class ThreemaPayload:
         data["wct"] = str(self.timestamp)
         data["wcv"] = str(self.version)
         return data
-
-    def to_json(self) -> str:
-        """The numeric form, serialized compactly (HMS `data`, the gateway's plaintext)."""
-        return json.dumps(self.as_numbers(), separators=(",", ":"), ensure_ascii=False)

@@ -27,7 +27,6 @@ class Runtime:
     clients: Clients
     relay: Relay
     observers: list[PushObserver] = field(default_factory=list)
-    draining: bool = False
 
     @classmethod
     async def start(cls, config: Config, clients: Clients | None = None) -> Runtime:
@@ -51,7 +50,6 @@ class Runtime:
 
     async def stop(self) -> None:
         """Let in-flight pushes finish (bounded by the grace period), then close everything."""
-        self.draining = True
         grace = self.config.server.shutdown_grace_secs
         if not await self.relay.wait_idle(grace):
             log.warning(

@@ -27,25 +27,44 @@ log = logging.getLogger("push_relay.sandbox")
 
 
 @dataclass(frozen=True, slots=True)
+class Example:
+    """A request the sandbox prints: a form body for `curl -d` and the status it is answered.
+
+    Examples answered 204 are printed first, as the seed README's examples; the others show a
+    failure and say what it shows.
+    """
+
+    body: str
+    status: int = 204
+    shows: str = ""  # for a failure: what it demonstrates, printed above the command
+
+
+@dataclass(frozen=True, slots=True)
 class SandboxPart:
     """What one simulated push service adds to the sandbox."""
 
     name: str
     config_toml: str
-    examples: list[str]  # form bodies for `curl -d`, each answered 204
+    examples: list[Example]
     stop: Callable[[], Awaitable[None]]
+
+    @property
+    def delivered(self) -> list[str]:
+        """The bodies of the examples that are delivered (answered 204)."""
+        return [example.body for example in self.examples if example.status == 204]
 
 
 SandboxStarter = Callable[[TestCA, Path], Awaitable[SandboxPart]]
 
 
 def starters() -> list[SandboxStarter]:
-    """The simulators the sandbox runs, one per push service that has one."""
+    """The simulators the sandbox runs, one per push service that has one, in the order of
+    the seed README's examples."""
     from push_relay.testing import apns_sim, fcm_sim, gateway_sim, hms_sim
 
     return [
-        fcm_sim.sandbox_part,
         apns_sim.sandbox_part,
+        fcm_sim.sandbox_part,
         hms_sim.sandbox_part,
         gateway_sim.sandbox_part,
     ]
@@ -95,9 +114,16 @@ def banner(address: str, parts: list[SandboxPart], config_file: Path) -> str:
         "Try these (each answers 204 No Content); deliveries are logged below:",
         "",
     ]
-    for part in parts:
-        for body in part.examples:
-            lines += [f"# {part.name}", curl_command(address, body), ""]
+    examples = [(part, example) for part in parts for example in part.examples]
+    for part, example in examples:
+        if example.status == 204:
+            lines += [f"# {part.name}", curl_command(address, example.body), ""]
+    failures = [(part, example) for part, example in examples if example.status != 204]
+    if failures:
+        lines += ["And these fail on purpose, to show how a refused push is answered:", ""]
+    for part, example in failures:
+        comment = f"# {part.name}: {example.shows} answers {example.status}"
+        lines += [comment, curl_command(address, example.body), ""]
     if not parts:
         lines.append("(no simulated backends available)")
     lines.append("Stop with Ctrl-C.")
@@ -114,6 +140,16 @@ def _check_free(host: str, port: int) -> None:
 def run_sandbox(host: str, port: int) -> int:
     import uvloop
 
+    try:
+        starters()
+    except ModuleNotFoundError as err:  # a production install, without the `sandbox` extra
+        package = (err.name or "h2").partition(".")[0]
+        print(
+            f"push-relay sandbox: the simulators need {package}, which is not installed: "
+            "pip install 'push-relay[sandbox]'",
+            file=sys.stderr,
+        )
+        return 2
     try:
         uvloop.run(run(host, port))
     except OSError as err:

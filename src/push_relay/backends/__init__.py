@@ -2,7 +2,9 @@
 
 A backend is built from its config section and the shared `Clients`, and answers `send(push)`
 by returning (delivered) or raising `PushFailed`. Each module under `backends/` is one push
-service; `build_backends` is the only place that knows them all.
+service with the same shape: a pure `classify(status, headers, body) -> Verdict` that says what
+the service's answer means, and the backend class that acts on it. `build_backends` is the only
+place that knows them all.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -19,7 +21,33 @@ import aiohttp
 from push_relay import tls
 from push_relay.auth import TokenCache
 from push_relay.config import Config
+from push_relay.errors import FailureKind, PushFailed
 from push_relay.request import ApnsTarget, FcmTarget, GatewayTarget, HmsTarget, PushRequest, Target
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What a push service's answer means for the push; every backend's `classify` gives one."""
+
+    kind: FailureKind | None  # None: delivered; else whose fault the failure is
+    reason: str  # low-cardinality label for metrics and logs
+    detail: str = ""  # for the log line: status, codes, ids; never tokens or free text
+    retry: bool = False  # transient, and the backend tries again (FCM; the others never)
+    retry_after: float | None = None  # seconds the service asked to wait (`Retry-After`)
+    renew_auth: bool = False  # the service refused our auth token: get a new one
+
+    @property
+    def delivered(self) -> bool:
+        return self.kind is None
+
+    def failure(self, upstream_status: int) -> PushFailed:
+        """The error to raise for this (failed) verdict."""
+        kind = self.kind or FailureKind.INTERNAL
+        return PushFailed(kind, self.reason, self.detail, upstream_status=upstream_status)
+
+
+Classify = Callable[[int, Mapping[str, str], bytes], Verdict]
+"""`classify(status, headers, body)`: pure, no I/O; headers with lower-case names."""
 
 
 @dataclass(frozen=True, slots=True)

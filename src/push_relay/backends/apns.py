@@ -9,18 +9,18 @@ an `ExpiredProviderToken` answer, and then only if it is at least 20 minutes old
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import jwt
 
 from push_relay import metrics
 from push_relay.auth import Token, credential_key
-from push_relay.backends import Clients, Readiness
+from push_relay.backends import Clients, Readiness, Verdict
 from push_relay.backends._json import json_object, to_json
 from push_relay.config import ApnsConfig, load_signing_key
 from push_relay.errors import FailureKind, PushFailed
-from push_relay.http2 import H2Client, H2Error, H2TimeoutError
+from push_relay.http2 import H2Client, H2Error, H2InvalidHeaderError, H2TimeoutError
 from push_relay.payload import ThreemaPayload
 from push_relay.request import ApnsTarget, PushRequest
 
@@ -52,34 +52,16 @@ CLIENT_REASONS: dict[str, str] = {
 EXPIRED_PROVIDER_TOKEN = "ExpiredProviderToken"
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """What an APNs answer means for the push; `kind` is None when it was delivered."""
-
-    kind: FailureKind | None
-    reason: str  # low-cardinality label for metrics and logs
-    status: int
-    apns_reason: str = ""  # APNs' own reason word, for the log
-    apns_id: str = ""
-
-    @property
-    def delivered(self) -> bool:
-        return self.kind is None
-
-    @property
-    def provider_token_expired(self) -> bool:
-        return self.apns_reason == EXPIRED_PROVIDER_TOKEN
-
-
-def classify(status: int, headers: dict[str, str], body: bytes) -> Verdict:
+def classify(status: int, headers: Mapping[str, str], body: bytes) -> Verdict:
     """Map an APNs answer to a `Verdict` (pure; no I/O)."""
-    apns_id = headers.get("apns-id", "")
+    apns_id = headers.get("apns-id") or "-"
     if status == 200:
-        return Verdict(None, "delivered", status, apns_id=apns_id)
+        return Verdict(None, "delivered", f"apns-id={apns_id}")
     apns_reason = _reason(body)
+    detail = f"reason={apns_reason or '-'} apns-id={apns_id}"
     label = CLIENT_REASONS.get(apns_reason)
     if label is not None:
-        return Verdict(FailureKind.CLIENT, label, status, apns_reason, apns_id)
+        return Verdict(FailureKind.CLIENT, label, detail)
     if status == 429:
         label = "rate_limited"
     elif status >= 500:
@@ -88,7 +70,8 @@ def classify(status: int, headers: dict[str, str], body: bytes) -> Verdict:
         label = "auth_rejected"  # provider token refused: a relay/config problem
     else:
         label = "upstream_refused"
-    return Verdict(FailureKind.UPSTREAM, label, status, apns_reason, apns_id)
+    expired = apns_reason == EXPIRED_PROVIDER_TOKEN
+    return Verdict(FailureKind.UPSTREAM, label, detail, renew_auth=expired)
 
 
 def _reason(body: bytes) -> str:
@@ -147,16 +130,15 @@ class ApnsBackend:
         assert isinstance(target, ApnsTarget)
         path, headers, body = build_request(push, self._clients.clock())
         token = self._clients.tokens.valid(self._token_key) or await self._provider_token()
-        verdict = await self._post(target, path, headers, body, token)
-        if verdict.provider_token_expired and self._may_renew(token):
+        status, verdict = await self._post(target, path, headers, body, token)
+        if verdict.renew_auth and self._may_renew(token):
             log.info("apns: provider token expired early; renewing it and retrying once")
             self._clients.tokens.invalidate(self._token_key, token.value)
             token = await self._provider_token()
-            verdict = await self._post(target, path, headers, body, token)
-        if verdict.kind is not None:
-            detail = f"reason={verdict.apns_reason or '-'} apns-id={verdict.apns_id or '-'}"
-            raise PushFailed(verdict.kind, verdict.reason, detail, upstream_status=verdict.status)
-        log.debug("apns: delivered apns-id=%s", verdict.apns_id)
+            status, verdict = await self._post(target, path, headers, body, token)
+        if not verdict.delivered:
+            raise verdict.failure(status)
+        log.debug("apns: delivered %s", verdict.detail)
 
     async def _post(
         self,
@@ -165,7 +147,7 @@ class ApnsBackend:
         headers: list[tuple[str, str]],
         body: bytes,
         token: Token,
-    ) -> Verdict:
+    ) -> tuple[int, Verdict]:
         client = self._client(target.endpoint)
         if token.value != self._auth_token:  # the header is built once per provider token
             self._auth_token = token.value
@@ -175,9 +157,11 @@ class ApnsBackend:
             response = await client.request("POST", path, headers, body, REQUEST_TIMEOUT)
         except H2TimeoutError:
             raise PushFailed(FailureKind.UPSTREAM, "timeout", "no answer within 20 s") from None
+        except H2InvalidHeaderError as err:  # nothing was sent; the connection is unharmed
+            raise PushFailed(FailureKind.INTERNAL, "invalid_header", str(err)) from None
         except (H2Error, OSError) as err:  # refused, reset or lost connections
             raise PushFailed(FailureKind.UPSTREAM, "connection_failed", _describe(err)) from None
-        return classify(response.status, response.headers, response.body)
+        return response.status, classify(response.status, response.headers, response.body)
 
     def _may_renew(self, token: Token) -> bool:
         return self._clients.clock() - token.issued_at >= MIN_TOKEN_INTERVAL

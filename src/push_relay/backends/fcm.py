@@ -18,7 +18,6 @@ import logging
 import random
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,11 +27,11 @@ from cryptography.hazmat.primitives import serialization
 
 from push_relay import metrics
 from push_relay.auth import Token, credential_key
-from push_relay.backends import Clients, Readiness
+from push_relay.backends import Clients, Readiness, Verdict
 from push_relay.backends._json import json_object, to_json
 from push_relay.config import FcmConfig, ServiceAccount
 from push_relay.errors import FailureKind, PushFailed
-from push_relay.http2 import H2Client, H2Error
+from push_relay.http2 import H2Client, H2Error, H2InvalidHeaderError
 from push_relay.payload import ThreemaPayload
 from push_relay.request import FcmTarget, PushRequest
 
@@ -48,21 +47,6 @@ _DIGITS = re.compile(r"[0-9]+", re.ASCII)
 _CONTENT_TYPE = ("content-type", "application/json; charset=UTF-8")
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """What FCM's answer means: delivered, a failure, and whether to try again."""
-
-    kind: FailureKind | None  # None: delivered
-    reason: str
-    detail: str = ""
-    retry: bool = False
-    retry_after: float | None = None  # seconds asked for by Retry-After
-
-    @property
-    def delivered(self) -> bool:
-        return self.kind is None
-
-
 def classify(status: int, headers: Mapping[str, str], body: bytes) -> Verdict:
     """Map a `messages:send` answer to a verdict (contract §4)."""
     if 200 <= status < 300:
@@ -75,8 +59,8 @@ def classify(status: int, headers: Mapping[str, str], body: bytes) -> Verdict:
         return Verdict(FailureKind.CLIENT, "bad_request", detail)
     if status == 404:
         return Verdict(FailureKind.CLIENT, "bad_token", detail)
-    if status == 401:
-        return Verdict(FailureKind.CLIENT, "unauthorized", detail)
+    if status == 401:  # our access token was refused: the original answers 400
+        return Verdict(FailureKind.CLIENT, "unauthorized", detail, renew_auth=True)
     if status == 429 or status >= 500:
         reason = "rate_limited" if status == 429 else "upstream_unavailable"
         return Verdict(FailureKind.UPSTREAM, reason, detail, True, retry_after(headers))
@@ -163,14 +147,16 @@ class FcmBackend:
                 response = await self.h2.request(
                     "POST", self.path, self._request_headers(token), body, REQUEST_TIMEOUT
                 )
+            except H2InvalidHeaderError as err:  # nothing was sent; the connection is unharmed
+                raise PushFailed(FailureKind.INTERNAL, "invalid_header", str(err)) from None
             except H2Error as err:  # connect, reset, timeout: the original answers 400
                 raise PushFailed(FailureKind.CLIENT, "connection_failed", str(err)) from None
             status = response.status
-            if status == 401:  # the token was refused: the next push fetches another
-                self.clients.tokens.invalidate(self.token_key, token.value)
             verdict = classify(status, response.headers, response.body)
             if verdict.delivered:
                 return
+            if verdict.renew_auth:  # the next push fetches another token
+                self.clients.tokens.invalidate(self.token_key, token.value)
             spent = max(waited, self.clients.clock() - started)
             wait = self._retry_wait(push, status, verdict, attempt, spent)
             await asyncio.sleep(wait * self.clients.backoff_base)
@@ -188,8 +174,7 @@ class FcmBackend:
         backoff_base).
         """
         if not verdict.retry:
-            kind = verdict.kind or FailureKind.INTERNAL
-            raise PushFailed(kind, verdict.reason, verdict.detail, upstream_status=status)
+            raise verdict.failure(status)
         if attempt == self.config.max_retries:
             detail = f"{verdict.detail}; gave up after {self.config.max_retries + 1} requests"
             raise PushFailed(FailureKind.UPSTREAM, verdict.reason, detail, upstream_status=status)

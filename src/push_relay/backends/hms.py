@@ -9,14 +9,14 @@ answer (HTTP status, then the result `code` of a 200 body) to whose fault a fail
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
 
 from push_relay import metrics
 from push_relay.auth import Token, credential_key
-from push_relay.backends import Clients, Readiness
+from push_relay.backends import Clients, Readiness, Verdict
 from push_relay.backends._json import json_object, to_json
 from push_relay.config import HmsConfig
 from push_relay.errors import FailureKind, PushFailed
@@ -36,21 +36,7 @@ AUTH_ERROR_CODES = frozenset({"80200001", "80200003"})  # authentication error /
 TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError)
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """What Huawei's answer means for the push: delivered, or a failure of some kind."""
-
-    kind: FailureKind | None  # None: delivered
-    reason: str
-    detail: str = ""
-    clear_token: bool = False  # the access token was refused: fetch a new one next time
-
-    @property
-    def delivered(self) -> bool:
-        return self.kind is None
-
-
-def classify(status: int, body: bytes) -> Verdict:
+def classify(status: int, headers: Mapping[str, str], body: bytes) -> Verdict:
     """Map a `messages:send` answer to a verdict (contract §7 and §11).
 
     Only the result code is ever quoted: Huawei's `msg` can list the device tokens.
@@ -67,7 +53,7 @@ def classify(status: int, body: bytes) -> Verdict:
             FailureKind.INTERNAL,
             "unexpected_status",
             _code_detail(body),
-            clear_token=status == 401,
+            renew_auth=status == 401,
         )
     code = _result_code(body)
     if code is None:
@@ -79,7 +65,7 @@ def classify(status: int, body: bytes) -> Verdict:
     if code == INTERNAL_ERROR_CODE:
         return Verdict(FailureKind.UPSTREAM, "upstream_error", f"code {code}")
     if code in AUTH_ERROR_CODES:
-        return Verdict(FailureKind.UPSTREAM, "auth_rejected", f"code {code}", clear_token=True)
+        return Verdict(FailureKind.UPSTREAM, "auth_rejected", f"code {code}", renew_auth=True)
     return Verdict(FailureKind.INTERNAL, "unexpected_code", f"code {code}")
 
 
@@ -143,7 +129,7 @@ def message_body(push: PushRequest, token: str, high_priority: bool, now: float)
         android["category"] = "VOIP"
     android["ttl"] = f"{push.ttl}s"
     message = {
-        "data": ThreemaPayload.for_push(push, now).to_json(),
+        "data": to_json(ThreemaPayload.for_push(push, now).as_numbers()),
         "android": android,
         "token": [token],
     }
@@ -183,16 +169,16 @@ class HmsBackend:
             "Content-Type": "application/json; charset=UTF-8",
         }
         try:
-            status, answer = await self._post(url, data=body, headers=headers)
+            status, answer_headers, answer = await self._post(url, data=body, headers=headers)
         except TRANSPORT_ERRORS as err:
             raise PushFailed(
                 FailureKind.CLIENT, "send_error", f"could not send: {type(err).__name__}"
             ) from None
-        verdict = classify(status, answer)
-        if verdict.clear_token:
+        verdict = classify(status, answer_headers, answer)
+        if verdict.renew_auth:
             self.clients.tokens.invalidate(key, token.value)
-        if verdict.kind is not None:
-            raise PushFailed(verdict.kind, verdict.reason, verdict.detail, upstream_status=status)
+        if not verdict.delivered:
+            raise verdict.failure(status)
 
     async def _token(self, config: HmsConfig, key: str) -> Token:
         async def fetch() -> Token:
@@ -215,16 +201,16 @@ class HmsBackend:
         }
         url = f"{config.login_endpoint}/oauth2/v3/token"
         try:
-            status, answer = await self._post(url, data=form)
+            status, _, answer = await self._post(url, data=form)
         except TRANSPORT_ERRORS as err:
             raise PushFailed(
                 FailureKind.INTERNAL, "auth_failed", f"token request failed: {type(err).__name__}"
             ) from None
         return parse_token(status, answer, self.clients.clock())
 
-    async def _post(self, url: str, **kwargs: Any) -> tuple[int, bytes]:
+    async def _post(self, url: str, **kwargs: Any) -> tuple[int, Mapping[str, str], bytes]:
         async with self.clients.http.post(url, timeout=self.timeout, **kwargs) as response:
-            return response.status, await response.read()
+            return response.status, response.headers, await response.read()
 
     async def check_ready(self) -> dict[str, Readiness]:
         """Ready when an access token can be obtained (a cached one counts)."""

@@ -7,14 +7,15 @@ The gateway ignores `ttl` and `collapse_key`, as the original does.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import aiohttp
 import nacl.exceptions
 import nacl.utils
 from nacl.public import Box, PrivateKey, PublicKey
 
-from push_relay.backends import Clients, Readiness
+from push_relay.backends import Clients, Readiness, Verdict
+from push_relay.backends._json import to_json
 from push_relay.config import GatewayConfig
 from push_relay.errors import FailureKind, PushFailed
 from push_relay.payload import ThreemaPayload
@@ -28,19 +29,6 @@ PADDING = b"\x01"
 NonceSource = Callable[[int], bytes]
 
 
-def classify(status: int) -> FailureKind | None:
-    """Map a `send_e2e` status to a failure kind (None: delivered), contract §6.
-
-    400 invalid recipient, 401 bad credentials, 402 no credits, 413 message too long are the
-    gateway refusing for reasons that are not the client's; anything else is unexpected.
-    """
-    if status == 200:
-        return None
-    if status in (400, 401, 402, 413):
-        return FailureKind.UPSTREAM
-    return FailureKind.INTERNAL
-
-
 _REASONS = {
     400: "invalid_recipient",
     401: "bad_credentials",
@@ -49,9 +37,26 @@ _REASONS = {
 }
 
 
+def classify(status: int, headers: Mapping[str, str], body: bytes) -> Verdict:
+    """Map a `send_e2e` answer to a `Verdict` (pure), contract §6.
+
+    400 invalid recipient, 401 bad credentials, 402 no credits, 413 message too long are the
+    gateway refusing for reasons that are not the client's; anything else is unexpected.
+    The body (the message id on success) is not needed.
+    """
+    if status == 200:
+        return Verdict(None, "delivered")
+    detail = f"gateway answered {status}"
+    reason = _REASONS.get(status)
+    if reason is not None:
+        return Verdict(FailureKind.UPSTREAM, reason, detail)
+    return Verdict(FailureKind.INTERNAL, "unexpected_status", detail)
+
+
 def plaintext(push: PushRequest, now: float) -> bytes:
     """What the phone decrypts: type byte, payload JSON (numeric wct/wcv), padding."""
-    return MESSAGE_TYPE + ThreemaPayload.for_push(push, now).to_json().encode() + PADDING
+    payload = to_json(ThreemaPayload.for_push(push, now).as_numbers())
+    return MESSAGE_TYPE + payload.encode() + PADDING
 
 
 class GatewayBackend:
@@ -94,16 +99,14 @@ class GatewayBackend:
             async with self.clients.http.post(
                 url, data=form, headers={"Accept": "application/json"}, timeout=self.timeout
             ) as response:
-                status = response.status
-                await response.read()
+                status, headers, answer = response.status, response.headers, await response.read()
         except (aiohttp.ClientError, TimeoutError) as err:
             raise PushFailed(
                 FailureKind.CLIENT, "send_error", f"could not send: {type(err).__name__}"
             ) from None
-        kind = classify(status)
-        if kind is not None:
-            reason = _REASONS.get(status, "unexpected_status")
-            raise PushFailed(kind, reason, f"gateway answered {status}", upstream_status=status)
+        verdict = classify(status, headers, answer)
+        if not verdict.delivered:
+            raise verdict.failure(status)
 
     def _encrypt(self, target: GatewayTarget, message: bytes) -> tuple[bytes, bytes]:
         try:

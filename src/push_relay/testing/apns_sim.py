@@ -94,11 +94,13 @@ def check_notification(request: H2Request) -> tuple[str, dict[str, Any]]:
 @dataclass(frozen=True, slots=True)
 class Step:
     """One scripted answer for a device token: a reason instead of delivery, a delay
-    before answering, or dropping the connection without an answer."""
+    before answering, no answer until `until` is set, or dropping the connection without an
+    answer."""
 
     reason: str | None = None
     delay: float = 0.0
     drop: bool = False
+    until: asyncio.Event | None = None  # held open until the test sets it
 
 
 UNREGISTERED = Step(reason="Unregistered")
@@ -192,6 +194,8 @@ class ApnsSimulator:
         except Rejected as rejected:
             return self._answer(request, apns_id, "", None, rejected.reason)
         step = self.script.next(device_token) or Step()
+        if step.until is not None:
+            await step.until.wait()
         if step.delay:
             await asyncio.sleep(step.delay)
         if step.drop:
@@ -277,7 +281,7 @@ def describe_delivery(delivery: Delivery) -> str:
 
 async def sandbox_part(ca: TestCA, workdir: Path) -> SandboxPart:
     """The sandbox's APNs: one simulator serving both endpoints, with a generated key."""
-    from push_relay.sandbox import SandboxPart, log
+    from push_relay.sandbox import Example, SandboxPart, log
 
     key = generate_key(workdir)
     sim = ApnsSimulator(ca, key, on_delivery=lambda d: log.info("%s", describe_delivery(d)))
@@ -286,4 +290,4 @@ async def sandbox_part(ca: TestCA, workdir: Path) -> SandboxPart:
         f"type=apns&token={SANDBOX_DEVICE}&session=123deadbeef&version=3"
         "&bundleid=com.example.app&endpoint=s"
     )
-    return SandboxPart("APNs", key.config_toml(url, url), [example], sim.stop)
+    return SandboxPart("APNs", key.config_toml(url, url), [Example(example)], sim.stop)

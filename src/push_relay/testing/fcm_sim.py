@@ -53,7 +53,8 @@ def device_token(name: str) -> str:
 @dataclass(frozen=True, slots=True)
 class Step:
     """One scripted answer: an error (`status`, FCM `error_status`, optional FcmError code),
-    an invalid success body (`raw`), a delay before answering, or a dropped connection."""
+    an invalid success body (`raw`), a delay before answering, no answer until `until` is
+    set, or a dropped connection."""
 
     status: int = 200
     error_status: str = ""
@@ -63,6 +64,7 @@ class Step:
     raw: bytes | None = None
     delay: float = 0.0
     drop: bool = False
+    until: asyncio.Event | None = None  # held open until the test sets it
 
 
 DELIVER = Step()
@@ -177,6 +179,8 @@ class FcmSimulator:
             return self._answer(request, message, _error(400, "INVALID_ARGUMENT", problem))
         assert message is not None
         step = self.script.next(message["token"]) or DELIVER
+        if step.until is not None:
+            await step.until.wait()
         if step.delay:
             await asyncio.sleep(step.delay)
         if step.drop:
@@ -298,17 +302,26 @@ def _json(status: int, body: dict[str, Any]) -> H2Reply:
 
 
 SANDBOX_DEVICE = device_token("push-relay sandbox phone")
+SANDBOX_UNREGISTERED = device_token("push-relay sandbox phone, app uninstalled")
 
 
 async def sandbox_part(ca: TestCA, workdir: Path) -> SandboxPart:
     """The sandbox's FCM, with a freshly generated service account."""
-    from push_relay.sandbox import SandboxPart, log
+    from push_relay.sandbox import Example, SandboxPart, log
 
     def show(delivery: FcmDelivery) -> None:
         data = json.dumps(delivery.data, separators=(",", ":"))
         log.info("FCM device %s… receives data message %s", delivery.token[:8], data)
 
     sim = FcmSimulator(ca, generate_service_account("push-relay-sandbox"), on_delivery=show)
+    sim.script.set(SANDBOX_UNREGISTERED, UNREGISTERED)
     await sim.start()
-    example = f"type=fcm&token={SANDBOX_DEVICE}&session=123deadbeef&version=3"
-    return SandboxPart("FCM", sim.config_toml(), [example], sim.stop)
+    examples = [
+        Example(f"type=fcm&token={SANDBOX_DEVICE}&session=123deadbeef&version=3"),
+        Example(
+            f"type=fcm&token={SANDBOX_UNREGISTERED}&session=123deadbeef&version=3",
+            400,
+            "an unregistered token (the app is gone; FCM answers 404 UNREGISTERED)",
+        ),
+    ]
+    return SandboxPart("FCM", sim.config_toml(), examples, sim.stop)

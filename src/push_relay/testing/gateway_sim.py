@@ -169,7 +169,7 @@ def _status(status: int, text: str) -> web.Response:
 
 async def sandbox_part(ca: TestCA, workdir: Path) -> SandboxPart:
     """`push-relay sandbox`: `*3MAPUSH` with a generated secret and key, recipient ECHOECHO."""
-    from push_relay.sandbox import SandboxPart, log
+    from push_relay.sandbox import Example, SandboxPart, log
 
     key_file = workdir / "threema-gateway.key"
     key = write_key_file(key_file)
@@ -195,4 +195,4 @@ async def sandbox_part(ca: TestCA, workdir: Path) -> SandboxPart:
         "type=threema-gateway&session=123deadbeef&version=3"
         f"&identity=ECHOECHO&public_key={public_key}"
     )
-    return SandboxPart("Threema Gateway", config, [example], simulator.stop)
+    return SandboxPart("Threema Gateway", config, [Example(example)], simulator.stop)

@@ -260,11 +260,14 @@ def _android_problem(android: dict[str, Any]) -> str | None:
     return None
 
 
+SANDBOX_APP_ID = "123456"  # the seed README's example app id
+
+
 async def sandbox_part(ca: TestCA, workdir: Path) -> SandboxPart:
     """`push-relay sandbox`: one `[hms.<app-id>]` app with generated credentials."""
-    from push_relay.sandbox import SandboxPart, log
+    from push_relay.sandbox import Example, SandboxPart, log
 
-    app_id = str(secrets.randbelow(900_000_000) + 100_000_000)  # Huawei app ids are numeric
+    app_id = SANDBOX_APP_ID
     secret = secrets.token_hex(32)
     simulator = HmsSimulator(ca)
     simulator.add_app(app_id, secret)
@@ -283,4 +286,4 @@ async def sandbox_part(ca: TestCA, workdir: Path) -> SandboxPart:
     config = simulator.config_toml(app_id)
     token = "sandbox" + secrets.token_hex(16)
     example = f"type=hms&appid={app_id}&token={token}&session=123deadbeef&version=3"
-    return SandboxPart("HMS Push Kit", config, [example], simulator.stop)
+    return SandboxPart("HMS Push Kit", config, [Example(example)], simulator.stop)

@@ -93,7 +93,9 @@ class RelayProcess:
 
 
 class SlowGateway(GatewaySimulator):
-    """The gateway simulator answering `send_e2e` only after `delay` seconds."""
+    """The gateway simulator answering `send_e2e` only after `delay` seconds, or, between
+    `hold()` and `release()`, not before `release()`: tests that need pushes in flight hold
+    them there instead of hoping a delay is long enough."""
 
     def __init__(
         self, ca: TestCA, *, delay: float, identity: str, secret: str, public_key: bytes
@@ -103,6 +105,15 @@ class SlowGateway(GatewaySimulator):
         self.arrived = 0  # requests received, answered or not
         self.keep_alive = True
         self._arrival = asyncio.Event()
+        self._released = asyncio.Event()
+        self._released.set()
+
+    def hold(self) -> None:
+        """From now on, requests are not answered until `release()`."""
+        self._released.clear()
+
+    def release(self) -> None:
+        self._released.set()
 
     async def wait_arrived(self, count: int, timeout: float = 10.0) -> None:  # noqa: ASYNC109
         """Until `count` requests have arrived (and are being delayed)."""
@@ -117,6 +128,7 @@ class SlowGateway(GatewaySimulator):
     async def _slow_send(self, request: web.Request) -> web.Response:
         self.arrived += 1
         self._arrival.set()
+        await self._released.wait()
         await asyncio.sleep(self.delay)
         response = await self._send_e2e(request)
         if not self.keep_alive:

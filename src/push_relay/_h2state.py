@@ -1,9 +1,10 @@
-"""The receiving half of a client HTTP/2 connection: frames in, stream state and flow control.
+"""What one client HTTP/2 connection knows, and how the server's frames change it.
 
-`Receiver` parses what the server sends (RFC 9113 §4.1), one handler per frame type, and keeps
-what the frames change: the streams' responses, both directions' flow-control windows, the
-peer's settings. What to do with a finished or failed stream is the connection's business
-(`_h2conn.H2Connection` implements the hooks at the end of the class).
+`H2State` holds the streams, both directions' flow-control windows and the peer's settings;
+`receive` parses the server's bytes (RFC 9113 §4.1), one handler per frame type, and
+`open_stream` encodes a request. It does no I/O: frames to send collect in `out`, answers and
+errors go straight to each stream's future. `_h2conn.H2Connection` adds the transport, the
+timers and the waiting for a free stream; this class never calls into it.
 """
 
 from __future__ import annotations
@@ -12,50 +13,42 @@ import asyncio
 from collections.abc import Callable
 
 from push_relay import _h2frames as f
-from push_relay._h2base import H2Response, H2StreamResetError, NotSent
+from push_relay._h2errors import (
+    H2Response,
+    H2ResponseTooLargeError,
+    H2StreamResetError,
+    MaybeSent,
+    NotSent,
+)
+from push_relay._h2stream import Stream
 
 _HALF_WINDOW = f.RECEIVE_WINDOW // 2  # acknowledge received data once this much is unacked
+# Our own cap on open streams, whatever the server allows: bounds the requests (and bodies)
+# one connection holds in memory; more wait for a stream.
+MAX_OPEN_STREAMS = 1000
 
 
-class Stream:
-    __slots__ = (
-        "body",
-        "chunks",
-        "future",
-        "headers",
-        "id",
-        "recv_window",
-        "send_window",
-        "sent",
-        "status",
-        "timer",
-    )
-
-    def __init__(self, stream_id: int, future: asyncio.Future[H2Response], window: int) -> None:
-        self.id = stream_id
-        self.future = future
-        self.status = 0  # until the final (non-1xx) response headers arrive
-        self.headers: dict[str, str] = {}
-        self.chunks: list[bytes] = []
-        self.body: bytes | None = None  # request body still (partly) unsent
-        self.sent = 0
-        self.send_window = window
-        self.recv_window = f.RECEIVE_WINDOW
-        self.timer: asyncio.TimerHandle | None = None
-
-
-class Receiver(asyncio.Protocol):
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+class H2State:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, scheme: str, authority: str, max_stream_id: int
+    ) -> None:
         self.loop = loop
-        self.transport: asyncio.Transport | None = None
         self.codec = f.HeaderCodec()
+        f.check_field(":authority", authority)
+        self.pseudo = (
+            (b":scheme", scheme.encode(), False),
+            (b":authority", authority.encode(), False),
+        )
+        self.ready: asyncio.Future[None] = loop.create_future()  # peer's SETTINGS arrived
         self.streams: dict[int, Stream] = {}
         self.blocked: dict[int, None] = {}  # streams whose body waits for window, in order
         self.out: list[bytes] = []  # frames not yet handed to the transport
         self.next_id = 1
+        self.max_id = max_stream_id  # the last stream id this connection may use
+        self.wire_id = 0  # highest stream id handed to the transport
         self.closing = False
-        self.goaway_id: int | None = None
-        self.limit = f.MAX_STREAM_ID  # the peer's SETTINGS_MAX_CONCURRENT_STREAMS
+        self.goaway_id: int | None = None  # set: no new streams (GOAWAY, ids used up, limit 0)
+        self.limit = MAX_OPEN_STREAMS  # the peer's SETTINGS_MAX_CONCURRENT_STREAMS, capped
         self.send_window = f.DEFAULT_WINDOW  # connection-level, ours to spend
         self.peer_window = f.DEFAULT_WINDOW  # the peer's SETTINGS_INITIAL_WINDOW_SIZE
         self.max_frame = f.DEFAULT_FRAME_SIZE  # the peer's SETTINGS_MAX_FRAME_SIZE
@@ -63,7 +56,7 @@ class Receiver(asyncio.Protocol):
         self.settled = False  # the peer's first frame (SETTINGS) arrived
         self.ping_out = False
         self.buffer = b""
-        self.continuation: tuple[int, int, list[bytes]] | None = None  # id, flags, fragments
+        self.continuation: tuple[int, int, list[bytes], int] | None = None  # id, flags, parts, size
         self.handlers: dict[int, Callable[[int, int, bytes], None]] = {
             f.DATA: self.on_data,
             f.HEADERS: self.on_headers,
@@ -76,6 +69,70 @@ class Receiver(asyncio.Protocol):
             f.WINDOW_UPDATE: self.on_window_update,
             f.CONTINUATION: self.on_continuation,
         }
+
+    @property
+    def usable(self) -> bool:
+        return not self.closing and self.goaway_id is None
+
+    # -- streams ----------------------------------------------------------------------------
+
+    def open_stream(
+        self, method: str, path: str, headers: list[tuple[str, str]], body: bytes
+    ) -> Stream:
+        """Queue the request's frames; `NotSent` if this connection takes no new stream."""
+        if not self.usable:
+            raise NotSent
+        field = self.codec.field  # raises H2InvalidHeaderError before anything changes
+        fields = [field(":method", method), *self.pseudo, field(":path", path)]
+        fields += [field(name, value) for name, value in headers]
+        stream_id = self.next_id
+        self.next_id = stream_id + 2
+        if self.next_id > self.max_id:  # the last id: drain, a new connection takes over
+            self.goaway_id = stream_id
+        block = self.codec.encode(fields)
+        stream = Stream(stream_id, self.loop.create_future(), self.peer_window)
+        self.streams[stream_id] = stream
+        self.out += f.headers_frames(stream_id, block, not body, self.max_frame)
+        if body:
+            stream.body = body
+            self.send_body(stream)
+        return stream
+
+    def complete(self, stream: Stream) -> None:
+        del self.streams[stream.id]
+        if stream.timer is not None:
+            stream.timer.cancel()
+        if stream.body is not None:  # answered before the whole body went out: stop sending
+            self.blocked.pop(stream.id, None)
+            self.out.append(f.rst_stream(stream.id, f.CANCEL))
+        if not stream.future.done():
+            body = b"".join(stream.chunks)
+            stream.future.set_result(H2Response(stream.status, stream.headers, body))
+
+    def reset(self, stream_id: int, error: Exception) -> None:
+        """We give up on the stream: fail it and tell the server (RST_STREAM CANCEL)."""
+        if stream_id in self.streams:
+            self.fail(stream_id, error)
+            if not self.closing:
+                self.out.append(f.rst_stream(stream_id, f.CANCEL))
+
+    def fail(self, stream_id: int, error: Exception) -> None:
+        stream = self.streams.pop(stream_id, None)
+        if stream is None:
+            return
+        self.blocked.pop(stream_id, None)
+        if stream.timer is not None:
+            stream.timer.cancel()
+        if not stream.future.done():
+            stream.future.set_exception(error)
+
+    def fail_all(self, error: Exception, resend: bool = False) -> None:
+        """Streams on the wire fail with `error` (`MaybeSent` if `resend`); unsent ones retry."""
+        for stream_id in list(self.streams):
+            on_wire = stream_id <= self.wire_id
+            self.fail(stream_id, (MaybeSent() if resend else error) if on_wire else NotSent())
+
+    # -- receiving --------------------------------------------------------------------------
 
     def receive(self, data: bytes) -> None:
         """Handle every complete frame in `data`; keep the rest for the next read."""
@@ -111,8 +168,6 @@ class Receiver(asyncio.Protocol):
             raise f.FrameError(f.PROTOCOL_ERROR, f"{frame} on idle stream {stream_id}")
         return stream
 
-    # -- frame handlers ---------------------------------------------------------------------
-
     def on_data(self, flags: int, stream_id: int, payload: bytes) -> None:
         stream = self.known(stream_id, "DATA")
         size = len(payload)
@@ -120,7 +175,7 @@ class Receiver(asyncio.Protocol):
         if self.recv_window < _HALF_WINDOW:
             if self.recv_window < 0:
                 raise f.FrameError(f.FLOW_CONTROL_ERROR, "more data than the window allows")
-            self.queue(f.window_update(0, f.RECEIVE_WINDOW - self.recv_window))
+            self.out.append(f.window_update(0, f.RECEIVE_WINDOW - self.recv_window))
             self.recv_window = f.RECEIVE_WINDOW
         if stream is None:
             return  # a stream we reset or gave up on; its data still counted above
@@ -129,6 +184,11 @@ class Receiver(asyncio.Protocol):
         if flags & f.PADDED:
             payload = f.unpad(flags, payload)
         if payload:
+            stream.received += len(payload)
+            if stream.received > f.MAX_BODY:  # stop collecting; later DATA is dropped above
+                error = H2ResponseTooLargeError(f"response body over {f.MAX_BODY} bytes")
+                self.reset(stream_id, error)
+                return
             stream.chunks.append(payload)
         if flags & f.END_STREAM:
             self.complete(stream)
@@ -137,7 +197,7 @@ class Receiver(asyncio.Protocol):
         if stream.recv_window < _HALF_WINDOW:
             if stream.recv_window < 0:
                 raise f.FrameError(f.FLOW_CONTROL_ERROR, f"stream {stream_id} window exceeded")
-            self.queue(f.window_update(stream_id, f.RECEIVE_WINDOW - stream.recv_window))
+            self.out.append(f.window_update(stream_id, f.RECEIVE_WINDOW - stream.recv_window))
             stream.recv_window = f.RECEIVE_WINDOW
 
     def on_headers(self, flags: int, stream_id: int, payload: bytes) -> None:
@@ -148,18 +208,23 @@ class Receiver(asyncio.Protocol):
         if flags & f.END_HEADERS:
             self.on_header_block(flags, stream_id, payload)
         else:
-            self.continuation = (stream_id, flags, [payload])
+            self.continuation = (stream_id, flags, [payload], len(payload))
 
     def on_continuation(self, flags: int, stream_id: int, payload: bytes) -> None:
         if self.continuation is None or self.continuation[0] != stream_id:
             raise f.FrameError(f.PROTOCOL_ERROR, "CONTINUATION without its HEADERS")
-        _, first_flags, fragments = self.continuation
-        fragments.append(payload)
-        if sum(map(len, fragments)) > f.MAX_HEADER_LIST:
+        _, first_flags, fragments, size = self.continuation
+        size += len(payload)
+        if size > f.MAX_HEADER_LIST:
             raise f.FrameError(f.PROTOCOL_ERROR, "response header block too large")
+        if len(fragments) > f.MAX_CONTINUATIONS:
+            raise f.FrameError(f.ENHANCE_YOUR_CALM, "too many CONTINUATION frames")
+        fragments.append(payload)
         if flags & f.END_HEADERS:
             self.continuation = None
             self.on_header_block(first_flags, stream_id, b"".join(fragments))
+        else:
+            self.continuation = (stream_id, first_flags, fragments, size)
 
     def on_header_block(self, flags: int, stream_id: int, block: bytes) -> None:
         fields = self.codec.decode(block)  # always: keeps the HPACK tables in step
@@ -167,17 +232,12 @@ class Receiver(asyncio.Protocol):
         if stream is None:
             return
         if not stream.status:
-            if not fields or fields[0][0] != b":status" or not fields[0][1].isdigit():
-                raise f.FrameError(f.PROTOCOL_ERROR, f"response without :status on {stream_id}")
-            status = int(fields[0][1])
+            status = f.response_status(fields, stream_id)
             if status < 200:  # informational (1xx): the real response follows
                 if flags & f.END_STREAM:
                     raise f.FrameError(f.PROTOCOL_ERROR, f"1xx ending stream {stream_id}")
                 return
-            try:
-                stream.headers = {n.decode(): v.decode() for n, v, _ in fields if n[:1] != b":"}
-            except UnicodeDecodeError:
-                raise f.FrameError(f.PROTOCOL_ERROR, "response header not UTF-8") from None
+            stream.headers = f.response_headers(fields)
             stream.status = status
         elif not flags & f.END_STREAM:
             raise f.FrameError(f.PROTOCOL_ERROR, f"trailers without END_STREAM on {stream_id}")
@@ -193,7 +253,6 @@ class Receiver(asyncio.Protocol):
         else:
             name = f.ERROR_NAMES.get(code, str(code))
             self.fail(stream_id, H2StreamResetError(f"stream {stream_id} reset: {name}"))
-        self.release()
 
     def on_settings(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id:
@@ -205,12 +264,15 @@ class Receiver(asyncio.Protocol):
         for setting, value in f.settings_fields(payload):
             self.apply_setting(setting, value)
         self.settled = True
-        self.queue(f.SETTINGS_ACK)
-        self.on_settings_applied()
+        self.out.append(f.SETTINGS_ACK)
+        if not self.ready.done():
+            self.ready.set_result(None)
 
     def apply_setting(self, setting: int, value: int) -> None:
         if setting == f.MAX_CONCURRENT_STREAMS:
-            self.limit = value
+            self.limit = min(value, MAX_OPEN_STREAMS)
+            if value == 0 and self.goaway_id is None:  # no new stream, ever: like a GOAWAY
+                self.goaway_id = f.MAX_STREAM_ID  # open streams may still finish
         elif setting == f.INITIAL_WINDOW_SIZE:
             if value > f.MAX_WINDOW:
                 raise f.FrameError(f.FLOW_CONTROL_ERROR, f"initial window of {value}")
@@ -241,13 +303,18 @@ class Receiver(asyncio.Protocol):
         if flags & f.ACK:
             self.ping_out = False
         else:
-            self.queue(f.ping(payload, f.ACK))
+            self.out.append(f.ping(payload, f.ACK))
 
     def on_goaway(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id:
             raise f.FrameError(f.PROTOCOL_ERROR, "GOAWAY on a stream")
         last, code = f.goaway_fields(payload)
-        self.on_goaway_received(last, code)
+        self.goaway_id = last if self.goaway_id is None else min(last, self.goaway_id)
+        for later in [s for s in self.streams if s > last]:
+            self.fail(later, NotSent())
+        if code != f.NO_ERROR:  # a graceful one lets the streams it names finish (§6.8)
+            name = f.ERROR_NAMES.get(code, str(code))
+            raise f.FrameError(code, f"server closed the connection (GOAWAY {name})", by_peer=True)
 
     def on_window_update(self, flags: int, stream_id: int, payload: bytes) -> None:
         increment = f.u32(payload, "WINDOW_UPDATE") & f.MAX_WINDOW
@@ -268,7 +335,7 @@ class Receiver(asyncio.Protocol):
         if stream_id in self.blocked:
             self.send_body(stream)
 
-    # -- outbound flow control --------------------------------------------------------------
+    # -- sending bodies within the peer's windows -------------------------------------------
 
     def send_body(self, stream: Stream) -> None:
         """Queue as much of the stream's body as the windows allow; the rest waits."""
@@ -284,7 +351,7 @@ class Receiver(asyncio.Protocol):
             end = sent + size
             flags = f.END_STREAM if end == total else 0
             chunk = body if size == total else body[sent:end]
-            self.queue(f.frame_header(size, f.DATA, flags, stream.id), chunk)
+            self.out += (f.frame_header(size, f.DATA, flags, stream.id), chunk)
             self.send_window -= size
             stream.send_window -= size
             sent = end
@@ -301,26 +368,6 @@ class Receiver(asyncio.Protocol):
                 del self.blocked[stream_id]
             else:
                 self.send_body(stream)
-
-    # -- hooks, implemented by the connection -----------------------------------------------
-
-    def queue(self, *frames: bytes) -> None:
-        raise NotImplementedError
-
-    def complete(self, stream: Stream) -> None:
-        raise NotImplementedError
-
-    def fail(self, stream_id: int, error: Exception) -> None:
-        raise NotImplementedError
-
-    def release(self) -> None:
-        raise NotImplementedError
-
-    def on_settings_applied(self) -> None:
-        raise NotImplementedError
-
-    def on_goaway_received(self, last_stream_id: int, code: int) -> None:
-        raise NotImplementedError
 
 
 def _ignore(flags: int, stream_id: int, payload: bytes) -> None:
