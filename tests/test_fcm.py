@@ -19,7 +19,7 @@ from helpers import FakeClock, closed_port_url, wait_until
 from push_relay import tls
 from push_relay.auth import Token
 from push_relay.backends import Clients, Verdict
-from push_relay.backends.fcm import TOKEN_KEY, backoff, classify, retry_after
+from push_relay.backends.fcm import backoff, classify, retry_after, token_key
 from push_relay.errors import FailureKind
 from push_relay.http2 import H2Client, H2Response
 from push_relay.testing import fcm_sim
@@ -492,7 +492,8 @@ async def test_a_token_unfit_for_a_header_fails_the_push_before_anything_is_sent
     async def broken_endpoint_token() -> Token:
         return Token("ya29.x\r\nx-evil: 1", refresh_at=NOW + 3600, issued_at=NOW)
 
-    await clients.tokens.get(TOKEN_KEY, broken_endpoint_token)
+    assert relay.app.config.fcm is not None
+    await clients.tokens.get(token_key(relay.app.config.fcm), broken_endpoint_token)
     answer = await relay.push(form())
     assert (500, NOT_OK) == (answer.status, answer.text)
     assert [] == sim.requests

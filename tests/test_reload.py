@@ -17,6 +17,8 @@ import aiohttp
 import jwt
 import pytest
 
+from push_relay.config import Config, HmsConfig, ServerConfig
+from push_relay.reload import changed_sections, keep_hash_key, with_hash_key
 from push_relay.testing.apns_auth import ApnsKey, generate_key
 from push_relay.testing.apns_sim import ApnsSimulator
 from push_relay.testing.ca import TestCA
@@ -282,3 +284,49 @@ async def push(relay: RelayProcess, form: dict[str, str]) -> int:
     ):
         await response.read()
         return response.status
+
+
+async def test_server_settings_that_shape_the_listener_name_the_restart_they_need(
+    relay: RelayProcess, services: Services
+) -> None:
+    """One process keeps its listener, so new timeouts wait for a restart; new workers
+    start with them."""
+    services.write(services.toml().replace("[server]\n", "[server]\nbody_timeout_secs = 3\n"))
+    line = await reloaded(relay)
+
+    one_process = "--workers" not in relay.process.args
+    assert "changed: server" in line
+    assert one_process == ("needs a restart to apply: server.body_timeout_secs" in line)
+
+
+async def test_sigterm_during_a_reload_still_drains_and_exits_0(
+    relay: RelayProcess, services: Services
+) -> None:
+    services.write(services.toml(hms_apps=(HMS_APP, NEW_HMS_APP)))
+    relay.send_signal(signal.SIGHUP)
+    relay.send_signal(signal.SIGTERM)
+
+    assert 0 == await relay.wait()
+
+
+def test_changed_sections_name_sections_and_apps_never_values() -> None:
+    old = Config("relay.toml", hms={"1": HmsConfig("1", "1", "s1"), "2": HmsConfig("2", "2", "s")})
+    new = Config(
+        "relay.toml",
+        server=ServerConfig(max_in_flight=5),
+        hms={"1": HmsConfig("1", "1", "s2"), "3": HmsConfig("3", "3", "s")},
+    )
+
+    assert ["server", "hms.1", "hms.2 (removed)", "hms.3 (added)"] == changed_sections(old, new)
+    assert [] == changed_sections(old, old)
+
+
+def test_a_reload_keeps_the_drawn_log_hash_key_unless_the_config_sets_one() -> None:
+    drawn = with_hash_key(Config("relay.toml"))
+    configured = Config("relay.toml", server=ServerConfig(log_hash_key="mine"))
+
+    assert (
+        drawn.server.log_hash_key == keep_hash_key(drawn, Config("relay.toml")).server.log_hash_key
+    )
+    assert "mine" == keep_hash_key(drawn, configured).server.log_hash_key
+    assert "server" not in changed_sections(drawn, keep_hash_key(drawn, Config("relay.toml")))

@@ -130,8 +130,7 @@ class FcmBackend:
         self.h2 = H2Client(origin, context)
         self.path = f"{endpoint.path}/v1/projects/{config.project_id}/messages:send"
         self.signer = _Signer(config.service_account)
-        account = config.service_account
-        self.token_key = credential_key("fcm", account.client_email, account.private_key)
+        self.token_key = token_key(config)
         self.auth_error: str | None = None  # the last token failure logged
         self._headers_token: str | None = None
         self._headers: list[tuple[str, str]] = []  # of the request, for that token
@@ -283,3 +282,9 @@ class _Signer:
         }
         headers = {"kid": self.account.private_key_id} if self.account.private_key_id else None
         return jwt.encode(claims, self._key, algorithm="RS256", headers=headers)
+
+
+def token_key(config: FcmConfig) -> str:
+    """The token cache key of the config's service account."""
+    account = config.service_account
+    return credential_key("fcm", account.client_email, account.private_key)
