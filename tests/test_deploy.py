@@ -31,6 +31,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
+from helpers import wait_until
 from push_relay import metrics
 from push_relay.testing.ca import TestCA
 from push_relay.testing.ports import free_port
@@ -159,17 +160,17 @@ async def nginx(
 
 async def wait_serving(server: Nginx, ca: TestCA) -> None:
     async with aiohttp.ClientSession() as session:
-        for _ in range(200):
+
+        async def serving() -> bool:
             if server.process.poll() is not None:
                 raise AssertionError(f"nginx exited: {server.errors()}")
             try:
                 async with session.get(server.url + "/health", ssl=ca.client_context()) as r:
-                    if r.status == 200:
-                        return
+                    return r.status == 200
             except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
-    raise AssertionError(f"nginx did not serve: {server.errors()}")
+                return False
+
+        await wait_until(serving, "nginx serving")
 
 
 async def request(

@@ -16,6 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from helpers import wait_until
 from push_relay.testing.ca import TestCA
 from push_relay.testing.hms_sim import HmsSimulator
 from push_relay.testing.ports import free_port
@@ -112,17 +113,18 @@ async def fleet(gateway_rig: GatewayRig, test_ca: TestCA, tmp_path: Path) -> Asy
 async def wait_all_up(fleet: Fleet, process: subprocess.Popen[bytes]) -> None:
     """Until HAProxy answers /health, and its checks have had time to see every instance."""
     async with fleet.client() as session:
-        for _ in range(200):
-            assert process.poll() is None, (
-                f"haproxy exited: {fleet.config.with_name('haproxy.log').read_text()}"
-            )
+
+        async def healthy() -> bool:
+            if process.poll() is not None:
+                log = fleet.config.with_name("haproxy.log").read_text()
+                raise AssertionError(f"haproxy exited: {log}")
             try:
                 async with session.get(fleet.url + "/health") as response:
-                    if response.status == 200:
-                        break
+                    return response.status == 200
             except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
+                return False
+
+        await wait_until(healthy, "HAProxy serving")
     await asyncio.sleep(1.5)  # `rise 2` checks, 1 s apart, count from start-up
 
 
@@ -180,13 +182,13 @@ def pushes_relayed(relay: RelayProcess) -> int:
 
 async def relayed_by_each(fleet: Fleet, total: int) -> list[int]:
     """Pushes relayed per instance, by their logs (written at the end of a loop iteration,
-    so possibly just after the answer): waits until `total` are logged, 5 s at most."""
-    for _ in range(100):
-        counts = [pushes_relayed(relay) for relay in fleet.relays]
-        if sum(counts) >= total:
-            break
-        await asyncio.sleep(0.05)
-    return counts
+    so possibly just after the answer): waits until `total` are logged."""
+
+    def counts() -> list[int]:
+        return [pushes_relayed(relay) for relay in fleet.relays]
+
+    await wait_until(lambda: sum(counts()) >= total, f"{total} pushes logged")
+    return counts()
 
 
 async def test_pushes_spread_over_every_instance(fleet: Fleet, gateway_rig: GatewayRig) -> None:
@@ -240,11 +242,7 @@ async def test_a_reload_rolled_across_the_fleet_fails_no_push(
 
 
 async def reload_done(relay: RelayProcess) -> None:
-    for _ in range(600):
-        if "now serves" in relay.logs():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"reload did not finish:\n{relay.logs()}")
+    await wait_until(lambda: "now serves" in relay.logs(), "the reload done")
 
 
 async def push_hms(session: aiohttp.ClientSession, fleet: Fleet) -> int:

@@ -17,6 +17,7 @@ import aiohttp
 import jwt
 import pytest
 
+from helpers import wait_until
 from push_relay.config import Config, HmsConfig, ServerConfig
 from push_relay.reload import changed_sections, keep_hash_key, with_hash_key
 from push_relay.testing.apns_auth import ApnsKey, generate_key
@@ -177,12 +178,12 @@ def reload_lines(relay: RelayProcess) -> list[str]:
 
 async def reload_ended(relay: RelayProcess, seen: int = 0) -> str:
     """The first line after the `seen` reload lines saying a reload ended (or was refused)."""
-    for _ in range(600):  # 30 s
-        ended = [x for x in reload_lines(relay)[seen:] if "now serves" in x or "refused" in x]
-        if ended:
-            return ended[0]
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no reload ended:\n{relay.logs()}")
+
+    def ended() -> list[str]:
+        return [x for x in reload_lines(relay)[seen:] if "now serves" in x or "refused" in x]
+
+    await wait_until(lambda: bool(ended()), "a reload ended")
+    return ended()[0]
 
 
 def kids(apns: ApnsSimulator, since: int) -> set[str]:
