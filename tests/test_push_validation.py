@@ -14,6 +14,16 @@ GW_KEY = "ab" * 32
 NOT_OK = "Push not successful"
 MISSING = "Missing parameters"
 INVALID = "Invalid parameters"
+# what must never reach an HTTP/2 field of the shared APNs connection
+BAD_FIELD_CHARS = [
+    ("cr-lf", "%0D%0Ax-evil:%201"),
+    ("nul", "%00"),
+    ("space", "%20"),
+    ("tab", "%09"),
+    ("del", "%7F"),
+    ("non-ascii", "%C3%A4"),
+    ("u2028", "%E2%80%A8"),
+]
 
 CASES = [
     # -- type -------------------------------------------------------------------------------
@@ -166,6 +176,61 @@ CASES = [
         "token=t&session=s&version=3&collapse_key=" + "k" * 100,
         NOT_OK,
         id="fcm-long-collapse-key-accepted",
+    ),
+    # -- rule 9: values that become APNs header fields or the request path -------------------
+    *[
+        pytest.param(
+            f"type=apns&token=t&session=s&version=3&bundleid=com.example{bad}&endpoint=s",
+            INVALID,
+            id=f"apns-bundleid-{name}",
+        )
+        for name, bad in BAD_FIELD_CHARS
+    ],
+    *[
+        pytest.param(
+            f"type=apns&token=t&session=s&version=3&bundleid=b&endpoint=s&collapse_key=k{bad}",
+            INVALID,
+            id=f"apns-collapse-key-{name}",
+        )
+        for name, bad in BAD_FIELD_CHARS
+    ],
+    *[
+        pytest.param(
+            f"type=apns&token=ab{bad}cd&session=s&version=3&bundleid=b&endpoint=s",
+            INVALID,
+            id=f"apns-token-{name}",
+        )
+        for name, bad in [*BAD_FIELD_CHARS, ("slash", "/"), ("query", "?"), ("percent", "%25")]
+    ],
+    pytest.param(
+        "type=apns&token=aZ09-._~!$%26'()*%2B,;%3D:@&session=s&version=3&bundleid=b&endpoint=s",
+        NOT_OK,
+        id="apns-token-every-allowed-punctuation",
+    ),
+    pytest.param(
+        "type=apns&token=&session=s&version=3&bundleid=b&endpoint=s",
+        NOT_OK,
+        id="apns-token-empty-accepted",
+    ),
+    pytest.param(
+        "type=apns&token=t&session=s&version=3&bundleid=!~a.b&endpoint=s&collapse_key=%21%7E",
+        NOT_OK,
+        id="apns-visible-ascii-edges-accepted",
+    ),
+    pytest.param(
+        "type=apns&token=t&session=s&version=3&bundleid=b%0A&endpoint=x",
+        INVALID,
+        id="apns-endpoint-checked-before-values",
+    ),
+    pytest.param(
+        "type=apns&token=t%0A&session=s&version=3&bundleid=b&endpoint=s&collapse_key=" + "k" * 59,
+        INVALID,
+        id="apns-values-checked-before-collapse-length",
+    ),
+    pytest.param(
+        "token=t%0A&session=s&version=3&collapse_key=a%0Db",
+        NOT_OK,
+        id="fcm-values-go-into-json-not-headers",
     ),
 ]
 

@@ -34,6 +34,7 @@ import aiohttp
 
 from push_relay import metrics
 from push_relay.backends import TYPE_NAMES, Clients
+from push_relay.backends._body import read_body
 from push_relay.config import InfluxConfig
 from push_relay.relay import Outcome
 from push_relay.request import PushRequest
@@ -237,7 +238,7 @@ class InfluxSink:
             headers=self._headers,
             timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECS),
         ) as answer:
-            return answer.status, await answer.text(errors="replace")
+            return answer.status, _text(await read_body(answer))
 
     async def _create_database(self) -> bool:
         log.info("influxdb: creating database %r", self._config.db)
@@ -247,7 +248,7 @@ class InfluxSink:
             headers=self._headers,
             timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECS),
         ) as answer:
-            text = await answer.text(errors="replace")
+            text = _text(await read_body(answer))
         # /query answers 200 even when the statement failed; the error is in the body
         if answer.status != 200 or '"error"' in text:
             log.warning("influxdb: CREATE DATABASE failed: HTTP %d %s", answer.status, text[:300])
@@ -288,6 +289,10 @@ class InfluxSink:
             else:
                 failures += 1
                 await asyncio.sleep(self._backoff(failures))
+
+
+def _text(body: bytes) -> str:
+    return body.decode("utf-8", errors="replace")
 
 
 def _describe(err: BaseException) -> str:

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from push_relay import metrics
 from push_relay.auth import Token
 from push_relay.backends import Clients, Readiness
+from push_relay.backends._body import read_body
 from push_relay.backends._json import json_object, to_json
 from push_relay.config import FcmConfig, ServiceAccount
 from push_relay.errors import FailureKind, PushFailed
@@ -232,7 +233,7 @@ class FcmBackend:
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_secs)
         try:
             async with self.clients.http.post(account.token_uri, data=form, timeout=timeout) as r:
-                status, answer = r.status, await r.read()
+                status, answer = r.status, await read_body(r)
         except (aiohttp.ClientError, TimeoutError) as err:
             detail = f"token request failed: {type(err).__name__}"
             raise PushFailed(FailureKind.INTERNAL, "auth_failed", detail) from None

@@ -15,6 +15,7 @@ import nacl.utils
 from nacl.public import Box, PrivateKey, PublicKey
 
 from push_relay.backends import Clients, Readiness
+from push_relay.backends._body import read_body
 from push_relay.config import GatewayConfig
 from push_relay.errors import FailureKind, PushFailed
 from push_relay.payload import ThreemaPayload
@@ -95,7 +96,7 @@ class GatewayBackend:
                 url, data=form, headers={"Accept": "application/json"}, timeout=self.timeout
             ) as response:
                 status = response.status
-                await response.read()
+                await read_body(response)
         except (aiohttp.ClientError, TimeoutError) as err:
             raise PushFailed(
                 FailureKind.CLIENT, "send_error", f"could not send: {type(err).__name__}"
