@@ -213,6 +213,29 @@ def test_endpoint_overrides_accepted_with_http_and_trailing_slash(load: LoadConf
     assert cfg.warnings == ()
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8001",
+        "http://127.255.0.9",
+        "http://[::1]:8001",
+        "http://localhost:8001/",
+        "https://fcm.googleapis.com",
+        "https://10.0.0.1:8443",
+    ],
+)
+def test_plain_http_upstreams_only_on_loopback(load: LoadConfig, url: str) -> None:
+    cfg = load(section("fcm", endpoint=f'"{url}"') + section("apns", sandbox_endpoint=f'"{url}"'))
+    assert cfg.fcm is not None and cfg.apns is not None
+    assert url.rstrip("/") == cfg.fcm.endpoint == cfg.apns.sandbox_endpoint
+
+
+def test_influxdb_keeps_plain_http_anywhere(load: LoadConfig) -> None:
+    cfg = load(section("influxdb", connection_string='"http://influx.example.com:8086"'))
+    assert cfg.influxdb is not None
+    assert "http://influx.example.com:8086" == cfg.influxdb.connection_string
+
+
 def test_server_settings(load: LoadConfig) -> None:
     cfg = load(
         section(
@@ -398,6 +421,30 @@ ERRORS = [
         "http(s)://",
         id="influx-without-scheme",
     ),
+    # plain http:// to a push service or token endpoint: only on loopback
+    *[
+        pytest.param(
+            section(name, **{key: f'"{url}"'}),
+            f"{name}.{key}",
+            "in clear",
+            id=f"plain-http-{name}-{key}-{host}",
+        )
+        for name, key in [
+            ("fcm", "endpoint"),
+            ("apns", "production_endpoint"),
+            ("apns", "sandbox_endpoint"),
+            ("hms.app-id-1", "login_endpoint"),
+            ("hms.app-id-1", "push_endpoint"),
+            ("threema_gateway", "base_url"),
+        ]
+        for host, url in [
+            ("remote", "http://fcm.googleapis.com"),
+            ("private-ip", "http://10.0.0.1:8080"),
+            ("localhost-lookalike", "http://localhost.example.com"),
+            ("userinfo-trick", "http://127.0.0.1@evil.example"),
+            ("unspecified", "http://0.0.0.0:80"),
+        ]
+    ],
     # key files
     pytest.param(section("apns", keyfile='"missing.p8"'), "apns.keyfile", "cannot read missing.p8"),
     pytest.param(section("apns", keyfile='"."'), "apns.keyfile", "cannot read ."),
@@ -477,6 +524,19 @@ def _b64(data: bytes) -> str:
             _b64(b'{"private_key": "k", "token_uri": 5, "client_email": "a@b"}'),
             "lacks token_uri",
             id="token-uri-not-a-string",
+        ),
+        pytest.param(
+            _b64(
+                b'{"private_key": "k", "token_uri": "http://oauth2.googleapis.com/token", '
+                b'"client_email": "a@b"}'
+            ),
+            "in clear",
+            id="token-uri-plain-http-remote",
+        ),
+        pytest.param(
+            _b64(b'{"private_key": "k", "token_uri": "ftp://x/token", "client_email": "a@b"}'),
+            "http(s)://",
+            id="token-uri-not-http",
         ),
     ],
 )
