@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from push_relay.testing.relay import RunningRelay
+from push_relay.testing.relay import FORM, RelayStarter, RunningRelay
 
 GW_KEY = "ab" * 32
 NOT_OK = "Push not successful"
@@ -339,3 +339,56 @@ async def test_cors_allow_list_echoes_allowed_origin_only(start_relay) -> None: 
         other = await relay.push("", headers={"Origin": "https://evil.example"})
     assert allowed.headers["access-control-allow-origin"] == "https://web.threema.ch"
     assert "access-control-allow-origin" not in other.headers
+
+
+RESTRICTED = '[server]\ncors_origins = ["https://web.threema.ch"]\n'
+
+
+async def test_foreign_origin_is_refused_403_when_origins_are_restricted(
+    start_relay: RelayStarter,
+) -> None:
+    async with start_relay(RESTRICTED) as relay:
+        answer = await relay.push(
+            "token=t&session=s&version=3", headers={"Origin": "https://evil.example"}
+        )
+    assert (403, "Origin not allowed") == (answer.status, answer.text)
+    assert "text/plain; charset=utf-8" == answer.headers["content-type"]
+    assert "access-control-allow-origin" not in answer.headers
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "expected"),
+    [
+        pytest.param("token=t", None, (400, "Missing content type"), id="content-type-first"),
+        pytest.param("token=t", "text/plain", (400, "Invalid content type: text/plain"), id="ct"),
+        pytest.param("", FORM, (403, "Origin not allowed"), id="before-missing-parameters"),
+        pytest.param("type=wns", FORM, (403, "Origin not allowed"), id="before-invalid"),
+        pytest.param("x=" + "a" * 5000, FORM, (403, "Origin not allowed"), id="before-413"),
+    ],
+)
+async def test_origin_is_checked_after_content_type_before_everything_else(
+    start_relay: RelayStarter, body: str, content_type: str | None, expected: tuple[int, str]
+) -> None:
+    async with start_relay(RESTRICTED) as relay:
+        answer = await relay.push(
+            body, content_type=content_type, headers={"Origin": "https://evil.example"}
+        )
+    assert expected == (answer.status, answer.text)
+
+
+@pytest.mark.parametrize(
+    ("toml", "origin"),
+    [
+        pytest.param(RESTRICTED, None, id="no-origin-header"),
+        pytest.param(RESTRICTED, "https://web.threema.ch", id="listed-origin"),
+        pytest.param("[server]\n", "https://evil.example", id="any-origin-by-default"),
+        pytest.param('[server]\ncors_origins = ["*", "https://a"]\n', "https://b", id="star"),
+    ],
+)
+async def test_origin_check_leaves_other_requests_alone(
+    start_relay: RelayStarter, toml: str, origin: str | None
+) -> None:
+    async with start_relay(toml) as relay:
+        headers = {} if origin is None else {"Origin": origin}
+        answer = await relay.push("token=t&session=s&version=3", headers=headers)
+    assert (400, NOT_OK) == (answer.status, answer.text)  # validated; no backend configured

@@ -133,6 +133,11 @@ class PushRelayApp:
             body = b"Invalid content type: " + content_type
             await _respond(send, 400, [TEXT_UTF8, *cors], body)
             return
+        if not self._cors_any and not self._origin_allowed(scope):
+            # a browser sends a form POST without a preflight: CORS alone would only hide
+            # the answer from a foreign page, not stop the push
+            await _respond(send, 403, [TEXT_UTF8, *cors], b"Origin not allowed")
+            return
         try:
             form = await self._read_body(receive)
         except _BodyTooLarge:
@@ -200,6 +205,10 @@ class PushRelayApp:
         if origin is not None and origin in self._cors_origins:
             return [(b"access-control-allow-origin", origin), (b"vary", b"Origin")]
         return [(b"vary", b"Origin")]
+
+    def _origin_allowed(self, scope: Scope) -> bool:
+        origin = _header(scope, b"origin")
+        return origin is None or origin in self._cors_origins
 
     async def _preflight(self, scope: Scope, send: Send) -> None:
         headers = [
