@@ -36,6 +36,7 @@ from push_relay import metrics
 from push_relay.backends import TYPE_NAMES, Clients
 from push_relay.backends._body import read_body
 from push_relay.config import InfluxConfig
+from push_relay.logs import escape
 from push_relay.relay import Outcome
 from push_relay.request import PushRequest
 
@@ -225,9 +226,9 @@ class InfluxSink:
         if status == 400:
             # InfluxDB refused the points themselves (e.g. a field type conflict): retrying
             # cannot help, so the batch is dropped rather than blocking the queue forever.
-            log.error("influxdb: write refused, batch dropped: HTTP 400 %s", text[:300])
+            log.error("influxdb: write refused, batch dropped: HTTP 400 %s", escape(text, 300))
             return _Result.REFUSED
-        log.warning("influxdb: write failed: HTTP %d %s", status, text[:300])
+        log.warning("influxdb: write failed: HTTP %d %s", status, escape(text, 300))
         return _Result.DENIED if status in (401, 403) else _Result.RETRY
 
     async def _post_write(self, body: bytes) -> tuple[int, str]:
@@ -251,7 +252,9 @@ class InfluxSink:
             text = _text(await read_body(answer))
         # /query answers 200 even when the statement failed; the error is in the body
         if answer.status != 200 or '"error"' in text:
-            log.warning("influxdb: CREATE DATABASE failed: HTTP %d %s", answer.status, text[:300])
+            log.warning(
+                "influxdb: CREATE DATABASE failed: HTTP %d %s", answer.status, escape(text, 300)
+            )
             return False
         return True
 

@@ -21,6 +21,7 @@ from push_relay.backends._json import json_object, to_json
 from push_relay.config import ApnsConfig, load_signing_key
 from push_relay.errors import FailureKind, PushFailed
 from push_relay.http2 import H2Client, H2Error, H2TimeoutError
+from push_relay.logs import escape
 from push_relay.payload import ThreemaPayload
 from push_relay.request import ApnsTarget, PushRequest
 
@@ -155,7 +156,7 @@ class ApnsBackend:
         if verdict.kind is not None:
             detail = f"reason={verdict.apns_reason or '-'} apns-id={verdict.apns_id or '-'}"
             raise PushFailed(verdict.kind, verdict.reason, detail, upstream_status=verdict.status)
-        log.debug("apns: delivered apns-id=%s", verdict.apns_id)
+        log.debug("apns: delivered apns-id=%s", escape(verdict.apns_id))
 
     async def _post(
         self,

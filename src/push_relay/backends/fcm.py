@@ -34,6 +34,7 @@ from push_relay.backends._json import json_object, to_json
 from push_relay.config import FcmConfig, ServiceAccount
 from push_relay.errors import FailureKind, PushFailed
 from push_relay.http2 import H2Client, H2Error
+from push_relay.logs import escape
 from push_relay.payload import ThreemaPayload
 from push_relay.request import FcmTarget, PushRequest
 
@@ -218,7 +219,7 @@ class FcmBackend:
             # once per reason: a failing token endpoint would otherwise log every push
             if failure.detail != self.auth_error:
                 self.auth_error = failure.detail
-                log.error("fcm: cannot obtain an access token: %s", failure.detail)
+                log.error("fcm: cannot obtain an access token: %s", escape(failure.detail))
             raise
         metrics.auth_refreshed(self.name, True)
         self.auth_error = None
