@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 
 
 class ListenAddressError(ValueError):
@@ -28,3 +29,36 @@ def parse_listen(value: str) -> tuple[str, int]:
                 f"invalid listen address {value!r}: {host!r} is not an IP address"
             ) from None
     return host, int(port_text)
+
+
+def bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A listening TCP socket on `host:port`; `reuse_port` lets siblings share the address."""
+    host = "127.0.0.1" if host == "localhost" else host
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as err:
+        sock.close()
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise OSError(err.errno, f"cannot listen on {where}: {err.strerror or err}") from None
+    return sock
+
+
+class Listener:
+    """Recognizes connections accepted on one bound socket by their local address."""
+
+    def __init__(self, bound: tuple[str, int]) -> None:
+        self.host, self.port = bound[0], bound[1]
+        # a wildcard socket accepts on every local address: the port alone tells
+        self.any_host = ipaddress.ip_address(self.host).is_unspecified
+
+    def accepted(self, local: tuple[str, int | None] | None) -> bool:
+        """True when a connection whose local address is `local` came in on this socket."""
+        return (
+            local is not None and local[1] == self.port and (self.any_host or local[0] == self.host)
+        )

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from push_relay import metrics
+from push_relay.address import Listener
 from push_relay.config import Config, ServerConfig
 from push_relay.errors import InvalidRequest
 from push_relay.health import ReadinessProbe, starting
@@ -61,6 +62,8 @@ class PushRelayApp:
         self._worker = (b"x-push-relay-worker", str(os.getpid()).encode())
         self._cors_any = "*" in self.server.cors_origins
         self._cors_origins = {o.encode() for o in self.server.cors_origins}
+        # set by the server once the `[server] admin_listen` socket is bound
+        self.admin: Listener | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -103,6 +106,9 @@ class PushRelayApp:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
         method = scope["method"]
+        if self.admin is not None and self._wrong_listener(scope, path):
+            await _respond(send, 404, [])
+            return
         if path == "/push":
             if method == "POST":
                 await self._push(scope, receive, send)
@@ -120,6 +126,12 @@ class PushRelayApp:
             await _respond(send, 405, [(b"allow", b"GET, HEAD")])
         else:
             await _respond(send, 404, [])
+
+    def _wrong_listener(self, scope: Scope, path: str) -> bool:
+        """/push only on the public listener, /metrics and /ready only on the admin one."""
+        assert self.admin is not None
+        on_admin = self.admin.accepted(scope["server"])
+        return path != "/health" and on_admin == (path == "/push")
 
     # -- /push ------------------------------------------------------------------------------
 
