@@ -137,6 +137,12 @@ def test_every_section_loads_with_its_defaults(load: LoadConfig) -> None:
         cfg.server.body_timeout_secs,
         cfg.server.shutdown_grace_secs,
     ) == (10_000, 10.0, 10.0, 30.0)
+    assert (
+        cfg.server.max_header_bytes,
+        cfg.server.max_headers,
+        cfg.server.max_connections,
+        cfg.server.admin_listen,
+    ) == (16_384, 100, 10_000, None)
     assert cfg.backend_names() == ["fcm", "apns", "hms:app-id-1", "threemagateway"]
     assert cfg.warnings == ()
 
@@ -246,8 +252,18 @@ def test_server_settings(load: LoadConfig) -> None:
             body_timeout_secs="0.5",
             shutdown_grace_secs="0",
             log_hash_key='"k"',
+            max_header_bytes="8192",
+            max_headers="20",
+            max_connections="500",
+            admin_listen='"[::1]:9100"',
         )
     )
+    assert (
+        cfg.server.max_header_bytes,
+        cfg.server.max_headers,
+        cfg.server.max_connections,
+        cfg.server.admin_listen,
+    ) == (8192, 20, 500, ("::1", 9100))
     assert cfg.server.cors_origins == ("https://web.threema.ch", "http://localhost:8080")
     assert (
         cfg.server.max_in_flight,
@@ -364,6 +380,22 @@ ERRORS = [
     ),
     pytest.param(section("server", shutdown_grace_secs="-1"), "server.shutdown_grace_secs", ">= 0"),
     pytest.param(section("server", log_hash_key="1"), "server.log_hash_key", "must be a string"),
+    pytest.param(section("server", max_header_bytes="0"), "server.max_header_bytes", "> 0"),
+    pytest.param(section("server", max_headers='"100"'), "server.max_headers", "integer"),
+    pytest.param(section("server", max_connections="-1"), "server.max_connections", "> 0"),
+    pytest.param(section("server", admin_listen="9100"), "server.admin_listen", "a string"),
+    pytest.param(
+        section("server", admin_listen='"metrics.local:9100"'),
+        "server.admin_listen",
+        "not an IP address",
+        id="admin-listen-hostname",
+    ),
+    pytest.param(
+        section("server", admin_listen='"127.0.0.1"'),
+        "server.admin_listen",
+        "expected IP:PORT",
+        id="admin-listen-without-port",
+    ),
     # missing required keys
     pytest.param(section("fcm", project_id=None), "fcm.project_id", "required"),
     pytest.param(section("fcm", max_retries=None), "fcm.max_retries", "required"),
