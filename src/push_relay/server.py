@@ -41,6 +41,7 @@ HEAD_TOO_LARGE_ANSWER = _closing_answer(
     b"431 Request Header Fields Too Large", b"Request header fields too large"
 )
 TOO_MANY_CONNECTIONS_ANSWER = _closing_answer(b"503 Service Unavailable", b"Too many connections")
+LINGER_SECS = 2.0  # how long a refused client may go on sending before it is cut off
 
 
 class SlowClientProtocol(HttpToolsProtocol):
@@ -84,7 +85,6 @@ class SlowClientProtocol(HttpToolsProtocol):
             self.admin is not None and self.admin.accepted(self.server)
         ):
             self._close_with(TOO_MANY_CONNECTIONS_ANSWER)
-            self._refused = True
             return
         self._arm(self.header_timeout)
 
@@ -173,9 +173,20 @@ class SlowClientProtocol(HttpToolsProtocol):
         return bool(self.pipeline) or (self.cycle is not None and not self.cycle.response_complete)
 
     def _close_with(self, answer: bytes) -> None:
-        if not self.transport.is_closing():
-            self.transport.write(answer)
+        """Answer, then close once the client has read it: closing a socket with unread
+        input resets the connection, and the client could lose the answer. So the write side
+        is shut, and what still comes in is dropped until the client closes or
+        `LINGER_SECS` pass (a lingering close)."""
+        self._refused = True
+        if self.transport.is_closing():
+            return
+        self.transport.write(answer)
+        if not self.transport.can_write_eof():
             self.transport.close()
+            return
+        self.transport.write_eof()
+        self._disarm()
+        self._timer = self.loop.call_later(LINGER_SECS, self.transport.close)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
