@@ -1,9 +1,14 @@
-"""The `-l/--listen IP:PORT` argument (kept free of heavy imports: the CLI parses it first)."""
+"""The `-l/--listen IP:PORT` argument and listening sockets (kept free of heavy imports: the
+CLI parses the argument first)."""
 
 from __future__ import annotations
 
 import ipaddress
 import socket
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from push_relay.config import ServerConfig
 
 
 class ListenAddressError(ValueError):
@@ -62,3 +67,26 @@ class Listener:
         return (
             local is not None and local[1] == self.port and (self.any_host or local[0] == self.host)
         )
+
+
+def listening_sockets(
+    server: ServerConfig,
+    host: str,
+    port: int,
+    sock: socket.socket | None = None,
+    admin_sock: socket.socket | None = None,
+) -> tuple[list[socket.socket] | None, Listener | None]:
+    """What to serve: the public socket, then the admin one when `[server] admin_listen` is
+    set (bound here unless given), and the admin listener; no sockets (None) lets the server
+    bind `host:port` itself."""
+    if server.admin_listen is None:
+        return (None if sock is None else [sock]), None
+    if sock is None:
+        sock = bind(host, port)
+    if admin_sock is None:
+        try:
+            admin_sock = bind(*server.admin_listen)
+        except OSError:
+            sock.close()
+            raise
+    return [sock, admin_sock], Listener(admin_sock.getsockname())

@@ -19,7 +19,7 @@ from collections.abc import Generator
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from push_relay.address import ListenAddressError, Listener, bind, parse_listen
+from push_relay.address import ListenAddressError, Listener, listening_sockets, parse_listen
 from push_relay.app import PushRelayApp
 from push_relay.config import ServerConfig
 
@@ -288,30 +288,6 @@ class RelayServer(uvicorn.Server):
         self.should_exit = True
 
 
-def listening_sockets(
-    app: PushRelayApp,
-    host: str,
-    port: int,
-    sock: socket.socket | None = None,
-    admin_sock: socket.socket | None = None,
-) -> list[socket.socket] | None:
-    """What to serve: the public socket, then the admin one when `[server] admin_listen` is
-    set (bound here unless given); None lets uvicorn bind `host:port` itself."""
-    admin = app.server.admin_listen
-    if admin is None:
-        return None if sock is None else [sock]
-    if sock is None:
-        sock = bind(host, port)
-    if admin_sock is None:
-        try:
-            admin_sock = bind(*admin)
-        except OSError:
-            sock.close()
-            raise
-    app.admin = Listener(admin_sock.getsockname())
-    return [sock, admin_sock]
-
-
 def serve(
     app: PushRelayApp,
     host: str,
@@ -326,7 +302,7 @@ def serve(
     import uvloop
 
     try:
-        sockets = listening_sockets(app, host, port, sock, admin_sock)
+        sockets, app.admin = listening_sockets(app.server, host, port, sock, admin_sock)
     except OSError as err:  # `bind` names the address
         log.error("%s", err.strerror or err)
         return 1
@@ -350,7 +326,7 @@ class EmbeddedServer(uvicorn.Server):
 
 async def serve_async(app: PushRelayApp, host: str, port: int) -> EmbeddedServer:
     """Start serving in the running loop; stop with `server.should_exit = True`."""
-    sockets = listening_sockets(app, host, port)
+    sockets, app.admin = listening_sockets(app.server, host, port)
     server = EmbeddedServer(uvicorn_config(app, host, port))
     task = asyncio.get_running_loop().create_task(server.serve(sockets=sockets))
     server.task = task
