@@ -73,8 +73,8 @@ class SlowClientProtocol(HttpToolsProtocol):
     _deadline = 0.0
     _answer = b""  # what a timed-out request is told; empty: nothing begun, just close
     _head_room = 0  # head bytes the current request may still send; -1: its head is complete
-    _fields = 0  # header fields of the current request
-    _head_seen = 0  # lower bound of the head's size from the parser (pipelined requests)
+    _completed_in_feed = False  # a request ended inside the read being parsed
+    _unmetered = False  # the current head began in a read not metered as a head
     _refused = False
     _late_answer = b""  # a refusal waiting for the answers owed to earlier requests
 
@@ -92,6 +92,7 @@ class SlowClientProtocol(HttpToolsProtocol):
         room = self._head_room
         if self._refused:
             return
+        self._completed_in_feed = False
         if room < 0 or len(data) <= room:  # a body, or a head still within its limit
             if room >= 0:
                 self._head_room = room - len(data)
@@ -110,28 +111,24 @@ class SlowClientProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._fields = 0
-        self._head_seen = 14  # at least `GET `, ` HTTP/1.1` and a CRLF around the target
+        # pipelined behind the previous request in one read: `data_received` did not meter
+        # the start of this head, so `on_headers_complete` measures it from the parser
+        self._unmetered = self._completed_in_feed
         self._answer = HEADER_TIMEOUT_ANSWER
         if self._timer is None:
             self._arm(self.header_timeout)
 
-    def on_url(self, url: bytes) -> None:
-        self._head_seen += len(url)
-        super().on_url(url)
-
     def on_header(self, name: bytes, value: bytes) -> None:
-        # the byte count above misses a head pipelined behind a body in the same read;
-        # the parser's view (a lower bound of the real size) still catches it
-        self._fields += 1
-        self._head_seen += len(name) + len(value) + 3
-        if self._fields > self.max_headers or self._head_seen > self.max_header_bytes:
+        if len(self.headers) >= self.max_headers:  # uvicorn collects them in `headers`
             self._refuse(HEAD_TOO_LARGE_ANSWER)
             return
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         if self._refused:
+            return
+        if self._unmetered and self._parsed_head_size() > self.max_header_bytes:
+            self._refuse(HEAD_TOO_LARGE_ANSWER)
             return
         self._head_room = -1
         self._answer = BODY_TIMEOUT_ANSWER
@@ -148,6 +145,7 @@ class SlowClientProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         if self._refused:
             return
+        self._completed_in_feed = True
         self._head_room = self.max_header_bytes
         self._answer = b""
         self._disarm()
@@ -157,6 +155,13 @@ class SlowClientProtocol(HttpToolsProtocol):
         super().on_response_complete()  # starts the next pipelined request, if any
         if self._late_answer and not self._answers_owed():
             self._close_with(self._late_answer)
+
+    def _parsed_head_size(self) -> int:
+        """A lower bound of the head's size: `GET <url> HTTP/1.1` and `name:value` lines."""
+        size = len(self.url) + 16
+        for name, value in self.headers:
+            size += len(name) + len(value) + 3
+        return size
 
     def _refuse(self, answer: bytes) -> None:
         """Answer without the app and close; the parser's remaining callbacks are ignored.
