@@ -122,6 +122,15 @@ async def test_a_pipelined_head_over_the_limit_is_431(start_relay: RelayStarter)
     assert rest.startswith(b"HTTP/1.1 431 ")
 
 
+async def test_pipelined_heads_within_the_limit_are_all_served(start_relay: RelayStarter) -> None:
+    async with start_relay("[server]\nmax_header_bytes = 2000\n") as relay:
+        reader, writer = await connect(relay.url)
+        writer.write((push_head(2000) + BODY) * 3)  # one write: heads 2 and 3 follow bodies
+        answers = [await asyncio.wait_for(reader.readuntil(NOT_OK), 10) for _ in range(3)]
+        writer.close()
+    assert all(answer.startswith(b"HTTP/1.1 400 ") for answer in answers)
+
+
 async def test_default_limit_is_16_kib(relay: RunningRelay) -> None:
     assert (400, NOT_OK) == status_and_body(await exchange(relay, push_head(16384) + BODY))
     assert (431, TOO_LARGE) == status_and_body(await exchange(relay, push_head(16385) + BODY))
