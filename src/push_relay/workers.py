@@ -46,6 +46,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from push_relay.address import bind
 from push_relay.config import Config
 
 if TYPE_CHECKING:  # imported lazily at run time: metrics must not load before the state dir
@@ -74,18 +75,12 @@ def remove_state_dir(path: Path) -> None:
 
 def bind_sockets(host: str, port: int, count: int) -> list[socket.socket]:
     """`count` listening sockets sharing one address through SO_REUSEPORT."""
-    host = "127.0.0.1" if host == "localhost" else host
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sockets: list[socket.socket] = []
     try:
         for _ in range(count):
-            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock = bind(host, port, reuse_port=True)
             sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((host, port))
             port = sock.getsockname()[1]  # with port 0, the others follow the first
-            sock.listen(2048)
     except OSError:
         for sock in sockets:
             sock.close()
@@ -105,6 +100,14 @@ class Supervisor:
         self.state = state
         self.sockets = bind_sockets(host, port, count)
         self.port: int = self.sockets[0].getsockname()[1]
+        admin = config.server.admin_listen
+        try:
+            # one admin socket per worker too: whichever answers /metrics sums them all
+            self.admin_sockets = [] if admin is None else bind_sockets(*admin, count)
+        except OSError:
+            for sock in self.sockets:
+                sock.close()
+            raise
         self.workers: dict[int, int] = {}  # pid -> slot
         self.restarts: collections.deque[float] = collections.deque()
         self.stopping = False
@@ -122,7 +125,7 @@ class Supervisor:
                     self._stop(f"received {signal.Signals(info.si_signo).name}")
                 self._reap()
         finally:
-            for sock in self.sockets:
+            for sock in [*self.sockets, *self.admin_sockets]:
                 sock.close()
             signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
         return self.status
@@ -143,13 +146,14 @@ class Supervisor:
     def _work(self, slot: int) -> int:
         _stop_with_parent()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
-        for index, sock in enumerate(self.sockets):
-            if index != slot:
+        mine = [self.sockets[slot], *self.admin_sockets[slot : slot + 1]]
+        for sock in [*self.sockets, *self.admin_sockets]:
+            if sock not in mine:
                 sock.close()
         from push_relay.server import serve
 
         app = worker_app(self.config, self.state / "tokens")
-        return serve(app, self.host, self.port, self.sockets[slot])
+        return serve(app, self.host, self.port, *mine)
 
     def _reap(self) -> None:
         while self.workers:
@@ -192,7 +196,7 @@ class Supervisor:
         if not self.stopping:
             log.info("%s: draining %d workers", why, len(self.workers))
             self.stopping = True
-            for sock in self.sockets:  # new connections are refused, not left waiting
+            for sock in [*self.sockets, *self.admin_sockets]:  # refused, not left waiting
                 sock.close()
         for pid in self.workers:
             with contextlib.suppress(ProcessLookupError):
@@ -231,7 +235,7 @@ def _mark_dead(pid: int) -> None:
 def run_workers(config: Config, host: str, port: int, count: int, state: Path) -> int:
     try:
         supervisor = Supervisor(config, host, port, count, state)
-    except OSError as err:
-        log.error("cannot listen on %s:%d: %s", host, port, err.strerror or err)
+    except OSError as err:  # `bind` names the address
+        log.error("%s", err.strerror or err)
         return 1
     return supervisor.run()
