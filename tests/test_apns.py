@@ -902,3 +902,19 @@ def test_good_key_file_passes_check_config(apns_key: ApnsKey, tmp_path: Path) ->
     assert 0 == result.returncode, result.stderr
     assert "apns: key ABC123DEFG, team TEAM123456" in result.stdout
     assert "PRIVATE KEY" not in result.stdout + result.stderr
+
+
+async def test_plain_http_endpoint_speaks_h2c_never_tls(
+    start_relay: RelayStarter, apns_key: ApnsKey, clock: FakeClock
+) -> None:
+    """`http://` means plaintext HTTP/2 with prior knowledge, as for FCM; https:// means TLS."""
+    plain = ApnsSimulator(None, apns_key, clock=clock)
+    url = await plain.start()
+    try:
+        assert url.startswith("http://127.0.0.1:")
+        async with start_relay(apns_key.config_toml(url, url), clients=Clients(clock=clock)) as r:
+            answer = await r.push(apns_push())
+    finally:
+        await plain.stop()
+    assert 204 == answer.status
+    assert 1 == len(plain.deliveries)

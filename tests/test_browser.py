@@ -55,11 +55,32 @@ async function wakeUp(url, params) {
     return {error: error.name, message: error.message};
   }
 }
+// A plain HTML form POST: a navigation, so no CORS preflight and no CORS check at all.
+function postForm(url, params, done) {
+  const frame = document.createElement('iframe');
+  frame.name = 'target-' + Math.random();
+  frame.onload = () => done('loaded');
+  document.body.appendChild(frame);
+  const form = document.createElement('form');
+  form.method = 'POST';
+  form.action = url;
+  form.target = frame.name;
+  for (const [name, value] of Object.entries(params)) {
+    const input = document.createElement('input');
+    input.type = 'hidden';
+    input.name = name;
+    input.value = value;
+    form.appendChild(input);
+  }
+  document.body.appendChild(form);
+  form.submit();
+}
 </script></body></html>
 """
 CALL_WAKE_UP = (
     "const done = arguments[arguments.length - 1];\nwakeUp(arguments[0], arguments[1]).then(done);"
 )
+CALL_POST_FORM = "postForm(arguments[0], arguments[1], arguments[arguments.length - 1]);"
 
 
 # -- the browser and the page ----------------------------------------------------------------
@@ -157,16 +178,41 @@ async def test_allow_list_with_the_page_origin_lets_the_page_read_the_status(
     assert result == {"status": 204, "body": ""}
 
 
-async def test_allow_list_without_the_page_origin_makes_fetch_fail(
+async def post_form(browser: webdriver.Chrome, relay: RunningRelay, params: dict[str, str]) -> Any:
+    """Submit the page's form POST to the relay and wait until its answer has loaded."""
+    return await asyncio.to_thread(
+        browser.execute_async_script, CALL_POST_FORM, relay.url + "/push", params
+    )
+
+
+async def test_allow_list_without_the_page_origin_refuses_the_push(
     browser: webdriver.Chrome, start_relay: RelayStarter, gateway: GatewayRig
 ) -> None:
-    """The browser hides the answer: `fetch` rejects with a TypeError. (The push itself is a
-    CORS 'simple request', so it still reaches the relay: CORS is no access control.)"""
+    """The push is a CORS 'simple request' (no preflight), so only the relay can stop it: it
+    answers 403 and sends nothing; the browser hides even that answer from the page."""
     toml = '[server]\ncors_origins = ["https://web.threema.ch"]\n'
     async with start_relay(toml + gateway.section) as relay:
         result = await wake_up(browser, relay, gateway.push())
-    assert result["error"] == "TypeError"
+    assert result["error"] == "TypeError"  # rejected once the answer came: nothing pending
     assert "status" not in result
+    assert [] == gateway.simulator.deliveries
+
+
+@pytest.mark.parametrize("allowed", [False, True], ids=["foreign-origin", "allowed-origin"])
+async def test_form_post_from_a_foreign_origin_sends_nothing(
+    browser: webdriver.Chrome,
+    start_relay: RelayStarter,
+    gateway: GatewayRig,
+    page_origin: str,
+    allowed: bool,
+) -> None:
+    """A form POST needs no preflight and gets no CORS check: the relay's Origin check is all
+    that stands between a foreign page and a push from its visitors' browsers."""
+    origins = '"https://web.threema.ch"' + (f', "{page_origin}"' if allowed else "")
+    async with start_relay(f"[server]\ncors_origins = [{origins}]\n" + gateway.section) as relay:
+        assert "loaded" == await post_form(browser, relay, gateway.push(session="form"))
+    delivered = [d.payload["wcs"] for d in gateway.simulator.deliveries]
+    assert (["form"] if allowed else []) == delivered
 
 
 async def test_every_simulated_service_reads_204_in_the_browser(

@@ -64,6 +64,13 @@ CONFIG_ERRORS = [
         "must start with 'private:'",
         id="bad-gateway-key-file",
     ),
+    pytest.param(
+        b'[hms.app]\nclient_id = "c"\nclient_secret = "s"\n'
+        b'login_endpoint = "http://oauth-login.cloud.huawei.com"\n',
+        "hms.app.login_endpoint",
+        "in clear",
+        id="plain-http-upstream-off-loopback",
+    ),
 ]
 
 

@@ -137,6 +137,12 @@ def test_every_section_loads_with_its_defaults(load: LoadConfig) -> None:
         cfg.server.body_timeout_secs,
         cfg.server.shutdown_grace_secs,
     ) == (10_000, 10.0, 10.0, 30.0)
+    assert (
+        cfg.server.max_header_bytes,
+        cfg.server.max_headers,
+        cfg.server.max_connections,
+        cfg.server.admin_listen,
+    ) == (16_384, 100, 10_000, None)
     assert cfg.backend_names() == ["fcm", "apns", "hms:app-id-1", "threemagateway"]
     assert cfg.warnings == ()
 
@@ -213,6 +219,29 @@ def test_endpoint_overrides_accepted_with_http_and_trailing_slash(load: LoadConf
     assert cfg.warnings == ()
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8001",
+        "http://127.255.0.9",
+        "http://[::1]:8001",
+        "http://localhost:8001/",
+        "https://fcm.googleapis.com",
+        "https://10.0.0.1:8443",
+    ],
+)
+def test_plain_http_upstreams_only_on_loopback(load: LoadConfig, url: str) -> None:
+    cfg = load(section("fcm", endpoint=f'"{url}"') + section("apns", sandbox_endpoint=f'"{url}"'))
+    assert cfg.fcm is not None and cfg.apns is not None
+    assert url.rstrip("/") == cfg.fcm.endpoint == cfg.apns.sandbox_endpoint
+
+
+def test_influxdb_keeps_plain_http_anywhere(load: LoadConfig) -> None:
+    cfg = load(section("influxdb", connection_string='"http://influx.example.com:8086"'))
+    assert cfg.influxdb is not None
+    assert "http://influx.example.com:8086" == cfg.influxdb.connection_string
+
+
 def test_server_settings(load: LoadConfig) -> None:
     cfg = load(
         section(
@@ -223,8 +252,18 @@ def test_server_settings(load: LoadConfig) -> None:
             body_timeout_secs="0.5",
             shutdown_grace_secs="0",
             log_hash_key='"k"',
+            max_header_bytes="8192",
+            max_headers="20",
+            max_connections="500",
+            admin_listen='"[::1]:9100"',
         )
     )
+    assert (
+        cfg.server.max_header_bytes,
+        cfg.server.max_headers,
+        cfg.server.max_connections,
+        cfg.server.admin_listen,
+    ) == (8192, 20, 500, ("::1", 9100))
     assert cfg.server.cors_origins == ("https://web.threema.ch", "http://localhost:8080")
     assert (
         cfg.server.max_in_flight,
@@ -341,6 +380,22 @@ ERRORS = [
     ),
     pytest.param(section("server", shutdown_grace_secs="-1"), "server.shutdown_grace_secs", ">= 0"),
     pytest.param(section("server", log_hash_key="1"), "server.log_hash_key", "must be a string"),
+    pytest.param(section("server", max_header_bytes="0"), "server.max_header_bytes", "> 0"),
+    pytest.param(section("server", max_headers='"100"'), "server.max_headers", "integer"),
+    pytest.param(section("server", max_connections="-1"), "server.max_connections", "> 0"),
+    pytest.param(section("server", admin_listen="9100"), "server.admin_listen", "a string"),
+    pytest.param(
+        section("server", admin_listen='"metrics.local:9100"'),
+        "server.admin_listen",
+        "not an IP address",
+        id="admin-listen-hostname",
+    ),
+    pytest.param(
+        section("server", admin_listen='"127.0.0.1"'),
+        "server.admin_listen",
+        "expected IP:PORT",
+        id="admin-listen-without-port",
+    ),
     # missing required keys
     pytest.param(section("fcm", project_id=None), "fcm.project_id", "required"),
     pytest.param(section("fcm", max_retries=None), "fcm.max_retries", "required"),
@@ -398,6 +453,30 @@ ERRORS = [
         "http(s)://",
         id="influx-without-scheme",
     ),
+    # plain http:// to a push service or token endpoint: only on loopback
+    *[
+        pytest.param(
+            section(name, **{key: f'"{url}"'}),
+            f"{name}.{key}",
+            "in clear",
+            id=f"plain-http-{name}-{key}-{host}",
+        )
+        for name, key in [
+            ("fcm", "endpoint"),
+            ("apns", "production_endpoint"),
+            ("apns", "sandbox_endpoint"),
+            ("hms.app-id-1", "login_endpoint"),
+            ("hms.app-id-1", "push_endpoint"),
+            ("threema_gateway", "base_url"),
+        ]
+        for host, url in [
+            ("remote", "http://fcm.googleapis.com"),
+            ("private-ip", "http://10.0.0.1:8080"),
+            ("localhost-lookalike", "http://localhost.example.com"),
+            ("userinfo-trick", "http://127.0.0.1@evil.example"),
+            ("unspecified", "http://0.0.0.0:80"),
+        ]
+    ],
     # key files
     pytest.param(section("apns", keyfile='"missing.p8"'), "apns.keyfile", "cannot read missing.p8"),
     pytest.param(section("apns", keyfile='"."'), "apns.keyfile", "cannot read ."),
@@ -477,6 +556,19 @@ def _b64(data: bytes) -> str:
             _b64(b'{"private_key": "k", "token_uri": 5, "client_email": "a@b"}'),
             "lacks token_uri",
             id="token-uri-not-a-string",
+        ),
+        pytest.param(
+            _b64(
+                b'{"private_key": "k", "token_uri": "http://oauth2.googleapis.com/token", '
+                b'"client_email": "a@b"}'
+            ),
+            "in clear",
+            id="token-uri-plain-http-remote",
+        ),
+        pytest.param(
+            _b64(b'{"private_key": "k", "token_uri": "ftp://x/token", "client_email": "a@b"}'),
+            "http(s)://",
+            id="token-uri-not-http",
         ),
     ],
 )

@@ -7,7 +7,13 @@ import ssl
 from collections.abc import AsyncIterator
 
 import pytest
-from hyperframe.frame import DataFrame, HeadersFrame, RstStreamFrame, SettingsFrame
+from hyperframe.frame import (
+    DataFrame,
+    GoAwayFrame,
+    HeadersFrame,
+    RstStreamFrame,
+    SettingsFrame,
+)
 
 from h2_raw_peer import RawConnection, RawPeer, answer
 from push_relay import _h2conn, tls
@@ -71,6 +77,31 @@ async def test_a_request_is_resent_at_most_once(
             await client.request("GET", "/never", [])
         await client.aclose()
     assert [["/first", "/never"], ["/never"]] == [c.paths for c in peer.connections]
+
+
+@pytest.mark.parametrize("error_code", [0x0, 0xB], ids=["graceful", "enhance-your-calm"])
+async def test_requests_a_server_leaves_unanswered_as_it_goes_away_are_sent_once_more(
+    test_ca: TestCA, h2_context: ssl.SSLContext, error_code: int
+) -> None:
+    """A server that names the streams in its GOAWAY (so they may have been read), then closes
+    without answering them (Apache's mod_http2 on a graceful reload): each is sent again."""
+
+    async def respond(conn: RawConnection, sid: int, headers: dict[str, str], body: bytes) -> None:
+        if conn.index == 0:
+            if sid == 3:  # both requests are on the wire
+                conn.send(GoAwayFrame(0, last_stream_id=3, error_code=error_code))
+                await asyncio.sleep(0.01)
+                conn.writer.close()
+        else:
+            await answer(conn, sid)
+
+    peer = RawPeer(test_ca, respond)
+    async with peer as url:
+        client = H2Client(url, h2_context)
+        responses = await asyncio.gather(*(client.request("GET", f"/{i}", []) for i in range(2)))
+        await client.aclose()
+    assert [200, 200] == [r.status for r in responses]
+    assert [["/0", "/1"], ["/0", "/1"]] == [sorted(c.paths) for c in peer.connections]
 
 
 async def test_zero_concurrent_streams_sends_waiting_requests_to_a_new_connection(

@@ -15,12 +15,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from push_relay import logs
 from push_relay.testing.apns_auth import generate_key
 from push_relay.testing.apns_sim import ApnsSimulator
 from push_relay.testing.apns_sim import Step as ApnsStep
 from push_relay.testing.ca import TestCA
 from push_relay.testing.fcm_sim import UNREGISTERED, FcmSimulator, device_token
-from push_relay.testing.hms_sim import ALL_TOKENS_INVALID, HmsSimulator
+from push_relay.testing.hms_sim import ALL_TOKENS_INVALID, HmsReply, HmsSimulator
 from push_relay.testing.process import GatewayRig, RelayProcess
 from push_relay.testing.relay import RelayStarter
 
@@ -220,3 +221,77 @@ async def test_fcm_and_apns_credentials_never_reach_the_logs_even_at_debug(
         assert secret not in logs
     assert 4 == logs.count(" push type=")
     assert "outcome=400 reason=unregistered" in logs.lower()
+
+
+# -- escaping: no request (or upstream) can write a line of its own ----------------------------
+
+HOSTILE_CHARS = [chr(c) for c in range(0x20)] + ["\x7f", "\x85", "\u2028", "\u2029"]
+HOSTILE = [f"a{char}FORGED" for char in HOSTILE_CHARS] + ["A" * 10240, "\n" * 10240]
+
+
+@pytest.mark.parametrize(
+    "value",
+    HOSTILE,
+    ids=[f"{ord(c):#06x}" for c in HOSTILE_CHARS]
+    + [
+        "10k-letters",
+        "10k-newlines",
+    ],
+)
+def test_escape_keeps_a_value_on_its_line_and_within_64_characters(value: str) -> None:
+    escaped = logs.escape(value)
+    assert len(escaped) <= logs.MAX_VALUE_CHARS
+    assert escaped.isascii() and escaped.isprintable()
+    assert [escaped] == escaped.splitlines()
+    if len(value) < 20:
+        code = ord(value[1])
+        mark = f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+        assert f"a{mark}FORGED" == escaped
+
+
+def test_escape_marks_backslash_and_quote_and_never_cuts_an_escape() -> None:
+    assert "a\\x5cb\\x22c" == logs.escape('a\\b"c')
+    assert "é" * 0 + "\\xe9" * 16 == logs.escape("é" * 100)  # 16 * 4 = 64 characters
+    assert "ab" == logs.escape("ab\u2028", limit=7)  # `\u2028` would need 6 more
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+async def test_hostile_values_never_start_a_log_line(
+    hms: HmsSimulator, gateway: GatewayRig, tmp_path: Path, fmt: str
+) -> None:
+    """Session, app id and the upstream's own words carry every C0 control, DEL, U+0085,
+    U+2028/U+2029 and long values (10 KiB from the upstream); each push makes one line."""
+    config = tmp_path / "relay.toml"
+    config.write_text(config_text(hms, gateway))
+    relay = await RelayProcess.start(config, "--log-format", fmt)
+    pushes = 0
+    try:
+        async with aiohttp.ClientSession() as session:
+            for value in HOSTILE:
+                # a request body holds at most 4 KiB; the upstream's answer carries 10 KiB
+                field = value[:600]  # two of them, percent-encoded, fit
+                hms.script.set(field, HmsReply(code=value))
+                forms = [
+                    {"type": "hms", "appid": field, "token": "t", "session": "s", "version": "3"},
+                    {"type": "hms", "appid": APP, "token": field, "session": field},
+                ]
+                forms[1]["version"] = "3"
+                for form in forms:
+                    async with session.post(relay.url + "/push", data=form, headers=FORM) as r:
+                        assert r.status in (400, 500)
+                        pushes += 1
+        assert 0 == await relay.stop()
+    finally:
+        relay.kill()
+    lines = relay.log_file.read_bytes().decode().split("\n")[:-1]
+    assert all(line.isascii() and line.isprintable() for line in lines)
+    assert not any("FORGED" in line.split(" ", 1)[0] for line in lines)
+    if fmt == "json":
+        entries = [json.loads(line) for line in lines]
+        push_lines = [e for e in entries if e["logger"] == "push_relay.push"]
+        assert all(len(e.get("app", "")) <= 64 and len(e["session"]) <= 10 for e in push_lines)
+    else:
+        assert all(line[:4].isdigit() for line in lines)  # each starts with its timestamp
+        push_lines = [line for line in lines if " push type=" in line]
+        assert all(len(line) < 400 for line in push_lines)
+    assert pushes == len(push_lines)

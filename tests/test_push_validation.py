@@ -8,12 +8,22 @@ from __future__ import annotations
 
 import pytest
 
-from push_relay.testing.relay import RunningRelay
+from push_relay.testing.relay import FORM, RelayStarter, RunningRelay
 
 GW_KEY = "ab" * 32
 NOT_OK = "Push not successful"
 MISSING = "Missing parameters"
 INVALID = "Invalid parameters"
+# what must never reach an HTTP/2 field of the shared APNs connection
+BAD_FIELD_CHARS = [
+    ("cr-lf", "%0D%0Ax-evil:%201"),
+    ("nul", "%00"),
+    ("space", "%20"),
+    ("tab", "%09"),
+    ("del", "%7F"),
+    ("non-ascii", "%C3%A4"),
+    ("u2028", "%E2%80%A8"),
+]
 
 CASES = [
     # -- type -------------------------------------------------------------------------------
@@ -167,6 +177,61 @@ CASES = [
         NOT_OK,
         id="fcm-long-collapse-key-accepted",
     ),
+    # -- rule 9: values that become APNs header fields or the request path -------------------
+    *[
+        pytest.param(
+            f"type=apns&token=t&session=s&version=3&bundleid=com.example{bad}&endpoint=s",
+            INVALID,
+            id=f"apns-bundleid-{name}",
+        )
+        for name, bad in BAD_FIELD_CHARS
+    ],
+    *[
+        pytest.param(
+            f"type=apns&token=t&session=s&version=3&bundleid=b&endpoint=s&collapse_key=k{bad}",
+            INVALID,
+            id=f"apns-collapse-key-{name}",
+        )
+        for name, bad in BAD_FIELD_CHARS
+    ],
+    *[
+        pytest.param(
+            f"type=apns&token=ab{bad}cd&session=s&version=3&bundleid=b&endpoint=s",
+            INVALID,
+            id=f"apns-token-{name}",
+        )
+        for name, bad in [*BAD_FIELD_CHARS, ("slash", "/"), ("query", "?"), ("percent", "%25")]
+    ],
+    pytest.param(
+        "type=apns&token=aZ09-._~!$%26'()*%2B,;%3D:@&session=s&version=3&bundleid=b&endpoint=s",
+        NOT_OK,
+        id="apns-token-every-allowed-punctuation",
+    ),
+    pytest.param(
+        "type=apns&token=&session=s&version=3&bundleid=b&endpoint=s",
+        NOT_OK,
+        id="apns-token-empty-accepted",
+    ),
+    pytest.param(
+        "type=apns&token=t&session=s&version=3&bundleid=!~a.b&endpoint=s&collapse_key=%21%7E",
+        NOT_OK,
+        id="apns-visible-ascii-edges-accepted",
+    ),
+    pytest.param(
+        "type=apns&token=t&session=s&version=3&bundleid=b%0A&endpoint=x",
+        INVALID,
+        id="apns-endpoint-checked-before-values",
+    ),
+    pytest.param(
+        "type=apns&token=t%0A&session=s&version=3&bundleid=b&endpoint=s&collapse_key=" + "k" * 59,
+        INVALID,
+        id="apns-values-checked-before-collapse-length",
+    ),
+    pytest.param(
+        "token=t%0A&session=s&version=3&collapse_key=a%0Db",
+        NOT_OK,
+        id="fcm-values-go-into-json-not-headers",
+    ),
 ]
 
 
@@ -274,3 +339,56 @@ async def test_cors_allow_list_echoes_allowed_origin_only(start_relay) -> None: 
         other = await relay.push("", headers={"Origin": "https://evil.example"})
     assert allowed.headers["access-control-allow-origin"] == "https://web.threema.ch"
     assert "access-control-allow-origin" not in other.headers
+
+
+RESTRICTED = '[server]\ncors_origins = ["https://web.threema.ch"]\n'
+
+
+async def test_foreign_origin_is_refused_403_when_origins_are_restricted(
+    start_relay: RelayStarter,
+) -> None:
+    async with start_relay(RESTRICTED) as relay:
+        answer = await relay.push(
+            "token=t&session=s&version=3", headers={"Origin": "https://evil.example"}
+        )
+    assert (403, "Origin not allowed") == (answer.status, answer.text)
+    assert "text/plain; charset=utf-8" == answer.headers["content-type"]
+    assert "access-control-allow-origin" not in answer.headers
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "expected"),
+    [
+        pytest.param("token=t", None, (400, "Missing content type"), id="content-type-first"),
+        pytest.param("token=t", "text/plain", (400, "Invalid content type: text/plain"), id="ct"),
+        pytest.param("", FORM, (403, "Origin not allowed"), id="before-missing-parameters"),
+        pytest.param("type=wns", FORM, (403, "Origin not allowed"), id="before-invalid"),
+        pytest.param("x=" + "a" * 5000, FORM, (403, "Origin not allowed"), id="before-413"),
+    ],
+)
+async def test_origin_is_checked_after_content_type_before_everything_else(
+    start_relay: RelayStarter, body: str, content_type: str | None, expected: tuple[int, str]
+) -> None:
+    async with start_relay(RESTRICTED) as relay:
+        answer = await relay.push(
+            body, content_type=content_type, headers={"Origin": "https://evil.example"}
+        )
+    assert expected == (answer.status, answer.text)
+
+
+@pytest.mark.parametrize(
+    ("toml", "origin"),
+    [
+        pytest.param(RESTRICTED, None, id="no-origin-header"),
+        pytest.param(RESTRICTED, "https://web.threema.ch", id="listed-origin"),
+        pytest.param("[server]\n", "https://evil.example", id="any-origin-by-default"),
+        pytest.param('[server]\ncors_origins = ["*", "https://a"]\n', "https://b", id="star"),
+    ],
+)
+async def test_origin_check_leaves_other_requests_alone(
+    start_relay: RelayStarter, toml: str, origin: str | None
+) -> None:
+    async with start_relay(toml) as relay:
+        headers = {} if origin is None else {"Origin": origin}
+        answer = await relay.push("token=t&session=s&version=3", headers=headers)
+    assert (400, NOT_OK) == (answer.status, answer.text)  # validated; no backend configured

@@ -17,6 +17,7 @@ from push_relay.testing.apns_auth import generate_key
 from push_relay.testing.apns_sim import ApnsSimulator
 from push_relay.testing.ca import TestCA
 from push_relay.testing.hms_sim import HmsSimulator
+from push_relay.testing.ports import free_port
 from push_relay.testing.process import GatewayRig, RelayProcess
 from push_relay.workers import MAX_RESTARTS
 
@@ -215,3 +216,34 @@ async def test_a_worker_crashing_again_and_again_stops_the_relay_with_status_1(
         killed.add(victim)
     assert 1 == await two_workers.wait()
     assert f"{MAX_RESTARTS} restarts within" in two_workers.logs()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_admin_listen_serves_metrics_and_ready_apart_from_push(
+    gateway: GatewayRig, tmp_path: Path, fresh: aiohttp.ClientSession, workers: str
+) -> None:
+    admin = f"http://127.0.0.1:{free_port()}"
+    config = tmp_path / "relay.toml"
+    config.write_text(f'[server]\nadmin_listen = "{admin[7:]}"\n\n{gateway.section}')
+    relay = await RelayProcess.start(config, "--workers", workers, env={"TMPDIR": str(tmp_path)})
+    try:
+        assert 204 == await push(fresh, relay, gateway.push())
+        async with fresh.post(admin + "/push", data=gateway.push(), headers=FORM) as response:
+            assert 404 == response.status
+        statuses = {}
+        for base in (relay.url, admin):
+            for path in ("/metrics", "/ready", "/health"):
+                async with fresh.get(base + path) as response:
+                    statuses[base == admin, path] = response.status
+        async with fresh.get(admin + "/metrics") as response:
+            assert "push_relay_requests_total" in await response.text()
+    finally:
+        await relay.stop()
+    assert {
+        (False, "/metrics"): 404,
+        (False, "/ready"): 404,
+        (False, "/health"): 200,
+        (True, "/metrics"): 200,
+        (True, "/ready"): 200,
+        (True, "/health"): 200,
+    } == statuses

@@ -19,9 +19,12 @@ from push_relay._h2errors import H2ConnectionError, H2InvalidHeaderError, H2Time
 from push_relay._h2state import H2State
 from push_relay._h2stream import Stream
 
-# A request opened on a connection that received nothing for this long may meet the server's
-# idle close; if the connection then ends without a byte, the request is sent once more.
-IDLE_SECS = 1.0
+# A request opened on a connection with no stream open that received nothing for this long
+# may meet the server's idle close (its idle timer runs exactly then; nghttpx closes without
+# GOAWAY, and servers' timers fire up to 100 ms early): if the connection then ends without a
+# byte, the request is sent once more. Real idle timeouts are seconds or minutes; the bound
+# only keeps a connection that just answered (a crash under load) out of the rule.
+IDLE_SECS = 0.1
 # Bytes the transport may buffer beyond its high-water mark while writing is paused: new
 # requests wait meanwhile, so only frames answering the server add up; past this the server
 # is not reading and the connection is given up.
@@ -190,7 +193,11 @@ class H2Connection(H2State, asyncio.Protocol):
         self.closing = True
         if not self.ready.done():
             self.fail_ready(H2ConnectionError("connection closed during the handshake"))
-        resend = self.after_idle and self.goaway_id is None
+        # Streams the server left unanswered while it was going away (after its GOAWAY or a
+        # limit of 0: a graceful reload, e.g. Apache's mod_http2 closing proxied streams) or
+        # at its idle close are sent once more on a new connection: a wake-up sent twice is
+        # harmless, a lost one is not. Any other lost connection fails its streams.
+        resend = self.after_idle or self.goaway_id is not None
         self.fail_all(H2ConnectionError("connection lost"), resend)
         self.fail_waiters()
         if self.ping_timer is not None:
@@ -199,8 +206,8 @@ class H2Connection(H2State, asyncio.Protocol):
             self.lost.set_result(None)
 
     def fail_connection(self, err: f.FrameError) -> None:
-        if err.by_peer:
-            self.fail_all(H2ConnectionError(str(err)))
+        if err.by_peer:  # the server went away with an error: a wake-up sent twice is harmless
+            self.fail_all(H2ConnectionError(str(err)), resend=True)
         else:
             self.fail_all(H2ConnectionError(f"HTTP/2 protocol error: {err}"))
             self.out.append(f.goaway(0, err.code))

@@ -53,8 +53,13 @@ class NotSent(Exception):  # a signal to retry, not an error for callers
 
 
 class MaybeSent(NotSent):
-    """Written to an idle connection that the server closed without a byte of answer.
+    """On the wire when the server went away without answering: at its idle close, after its
+    GOAWAY, or with a GOAWAY carrying an error.
 
-    The server most likely closed it for idleness before reading the request; the client sends
-    it once more (a duplicate push is harmless, a lost one is not).
+    The server most likely never handed the request on; the client sends it once more (a
+    duplicate push is harmless, a lost one is not) and raises `error` if that fails too.
     """
+
+    def __init__(self, error: H2ConnectionError) -> None:
+        super().__init__()
+        self.error = error

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from push_relay import _h2frames as f
 from push_relay._h2errors import (
+    H2ConnectionError,
     H2Response,
     H2ResponseTooLargeError,
     H2StreamResetError,
@@ -126,11 +127,11 @@ class H2State:
         if not stream.future.done():
             stream.future.set_exception(error)
 
-    def fail_all(self, error: Exception, resend: bool = False) -> None:
+    def fail_all(self, error: H2ConnectionError, resend: bool = False) -> None:
         """Streams on the wire fail with `error` (`MaybeSent` if `resend`); unsent ones retry."""
         for stream_id in list(self.streams):
             on_wire = stream_id <= self.wire_id
-            self.fail(stream_id, (MaybeSent() if resend else error) if on_wire else NotSent())
+            self.fail(stream_id, (MaybeSent(error) if resend else error) if on_wire else NotSent())
 
     # -- receiving --------------------------------------------------------------------------
 

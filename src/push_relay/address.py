@@ -1,8 +1,14 @@
-"""The `-l/--listen IP:PORT` argument (kept free of heavy imports: the CLI parses it first)."""
+"""The `-l/--listen IP:PORT` argument and listening sockets (kept free of heavy imports: the
+CLI parses the argument first)."""
 
 from __future__ import annotations
 
 import ipaddress
+import socket
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from push_relay.config import ServerConfig
 
 
 class ListenAddressError(ValueError):
@@ -28,3 +34,59 @@ def parse_listen(value: str) -> tuple[str, int]:
                 f"invalid listen address {value!r}: {host!r} is not an IP address"
             ) from None
     return host, int(port_text)
+
+
+def bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A listening TCP socket on `host:port`; `reuse_port` lets siblings share the address."""
+    host = "127.0.0.1" if host == "localhost" else host
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as err:
+        sock.close()
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise OSError(err.errno, f"cannot listen on {where}: {err.strerror or err}") from None
+    return sock
+
+
+class Listener:
+    """Recognizes connections accepted on one bound socket by their local address."""
+
+    def __init__(self, bound: tuple[str, int]) -> None:
+        self.host, self.port = bound[0], bound[1]
+        # a wildcard socket accepts on every local address: the port alone tells
+        self.any_host = ipaddress.ip_address(self.host).is_unspecified
+
+    def accepted(self, local: tuple[str, int | None] | None) -> bool:
+        """True when a connection whose local address is `local` came in on this socket."""
+        return (
+            local is not None and local[1] == self.port and (self.any_host or local[0] == self.host)
+        )
+
+
+def listening_sockets(
+    server: ServerConfig,
+    host: str,
+    port: int,
+    sock: socket.socket | None = None,
+    admin_sock: socket.socket | None = None,
+) -> tuple[list[socket.socket] | None, Listener | None]:
+    """What to serve: the public socket, then the admin one when `[server] admin_listen` is
+    set (bound here unless given), and the admin listener; no sockets (None) lets the server
+    bind `host:port` itself."""
+    if server.admin_listen is None:
+        return (None if sock is None else [sock]), None
+    if sock is None:
+        sock = bind(host, port)
+    if admin_sock is None:
+        try:
+            admin_sock = bind(*server.admin_listen)
+        except OSError:
+            sock.close()
+            raise
+    return [sock, admin_sock], Listener(admin_sock.getsockname())

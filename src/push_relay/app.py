@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from push_relay import metrics
+from push_relay.address import Listener
 from push_relay.config import Config, ServerConfig
 from push_relay.errors import InvalidRequest
 from push_relay.health import ReadinessProbe, starting
@@ -52,6 +53,8 @@ class PushRelayApp:
         runtime_factory: RuntimeFactory | None = None,
     ) -> None:
         self._set_config(config)
+        # set by the server once the `[server] admin_listen` socket is bound (a reload keeps it)
+        self.admin: Listener | None = None
         self._runtime_factory = runtime_factory or runtimes_sharing_tokens()
         self.runtime: Runtime | None = None
         self.draining = False
@@ -120,6 +123,9 @@ class PushRelayApp:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
         method = scope["method"]
+        if self.admin is not None and self._wrong_listener(scope, path):
+            await _respond(send, 404, [])
+            return
         if path == "/push":
             if method == "POST":
                 await self._push(scope, receive, send)
@@ -138,6 +144,12 @@ class PushRelayApp:
         else:
             await _respond(send, 404, [])
 
+    def _wrong_listener(self, scope: Scope, path: str) -> bool:
+        """/push only on the public listener, /metrics and /ready only on the admin one."""
+        assert self.admin is not None
+        on_admin = self.admin.accepted(scope["server"])
+        return path != "/health" and on_admin == (path == "/push")
+
     # -- /push ------------------------------------------------------------------------------
 
     async def _push(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -149,6 +161,11 @@ class PushRelayApp:
         if not content_type.startswith(FORM_TYPE):
             body = b"Invalid content type: " + content_type
             await _respond(send, 400, [TEXT_UTF8, *cors], body)
+            return
+        if not self._cors_any and not self._origin_allowed(scope):
+            # a browser sends a form POST without a preflight: CORS alone would only hide
+            # the answer from a foreign page, not stop the push
+            await _respond(send, 403, [TEXT_UTF8, *cors], b"Origin not allowed")
             return
         try:
             form = await self._read_body(receive)
@@ -217,6 +234,10 @@ class PushRelayApp:
         if origin is not None and origin in self._cors_origins:
             return [(b"access-control-allow-origin", origin), (b"vary", b"Origin")]
         return [(b"vary", b"Origin")]
+
+    def _origin_allowed(self, scope: Scope) -> bool:
+        origin = _header(scope, b"origin")
+        return origin is None or origin in self._cors_origins
 
     async def _preflight(self, scope: Scope, send: Send) -> None:
         headers = [

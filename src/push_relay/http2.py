@@ -117,10 +117,10 @@ class H2Client:
                 except asyncio.CancelledError:
                     conn.cancel(stream)
                     raise
-            except MaybeSent:
+            except MaybeSent as lost:
                 if resent:
-                    raise H2ConnectionError(f"{self.origin}: connection lost") from None
-                resent = True  # most likely unread by a server closing an idle connection
+                    raise H2ConnectionError(f"{self.origin}: {lost.error}") from None
+                resent = True  # most likely unread by a server going away
             except NotSent:
                 continue  # the server never saw it: safe to send on the next connection
         raise H2ConnectionError(f"{self.origin}: connection closed before the request was sent")

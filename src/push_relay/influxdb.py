@@ -34,7 +34,9 @@ import aiohttp
 
 from push_relay import metrics
 from push_relay.backends import TYPE_NAMES, Clients
+from push_relay.backends._body import read_body
 from push_relay.config import InfluxConfig
+from push_relay.logs import escape
 from push_relay.relay import Outcome
 from push_relay.request import PushRequest
 
@@ -225,9 +227,9 @@ class InfluxSink:
         if status == 400:
             # InfluxDB refused the points themselves (e.g. a field type conflict): retrying
             # cannot help, so the batch is dropped rather than blocking the queue forever.
-            log.error("influxdb: write refused, batch dropped: HTTP 400 %s", text[:300])
+            log.error("influxdb: write refused, batch dropped: HTTP 400 %s", escape(text, 300))
             return _Result.REFUSED
-        log.warning("influxdb: write failed: HTTP %d %s", status, text[:300])
+        log.warning("influxdb: write failed: HTTP %d %s", status, escape(text, 300))
         return _Result.DENIED if status in (401, 403) else _Result.RETRY
 
     async def _post_write(self, body: bytes) -> tuple[int, str]:
@@ -239,7 +241,7 @@ class InfluxSink:
             headers=self._headers,
             timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECS),
         ) as answer:
-            return answer.status, await answer.text(errors="replace")
+            return answer.status, _text(await read_body(answer))
 
     async def _create_database(self) -> bool:
         log.info("influxdb: creating database %r", self._config.db)
@@ -249,10 +251,12 @@ class InfluxSink:
             headers=self._headers,
             timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECS),
         ) as answer:
-            text = await answer.text(errors="replace")
+            text = _text(await read_body(answer))
         # /query answers 200 even when the statement failed; the error is in the body
         if answer.status != 200 or '"error"' in text:
-            log.warning("influxdb: CREATE DATABASE failed: HTTP %d %s", answer.status, text[:300])
+            log.warning(
+                "influxdb: CREATE DATABASE failed: HTTP %d %s", answer.status, escape(text, 300)
+            )
             return False
         return True
 
@@ -290,6 +294,10 @@ class InfluxSink:
             else:
                 failures += 1
                 await asyncio.sleep(self._backoff(failures))
+
+
+def _text(body: bytes) -> str:
+    return body.decode("utf-8", errors="replace")
 
 
 def _describe(err: BaseException) -> str:

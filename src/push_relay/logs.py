@@ -12,6 +12,39 @@ import time
 from typing import Any
 
 LOG_FORMATS = ("text", "json")
+MAX_VALUE_CHARS = 64  # what a request-derived value may take of a log line
+
+# Everything `str.splitlines` (and so many log tools) treats as the end of a line.
+_LINE_BREAKS = {c: f"\\x{c:02x}" for c in (0x0A, 0x0B, 0x0C, 0x0D, 0x1C, 0x1D, 0x1E, 0x85)}
+_LINE_BREAKS |= {0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+def escape(value: str, limit: int = MAX_VALUE_CHARS) -> str:
+    """`value` fit for a text log line: control characters, non-ASCII, `\\` and `"` escaped
+    (`\\x0a`, `\\u2028`), then cut to `limit` characters, never inside an escape.
+
+    Whatever a request holds, it cannot start a line of its own or forge a field.
+    """
+    if value.isascii() and value.isprintable() and "\\" not in value and '"' not in value:
+        return value[:limit]  # the common case: three C-level scans, no copy when short
+    out: list[str] = []
+    size = 0
+    for char in value:
+        code = ord(char)
+        if 0x20 <= code < 0x7F and char not in '\\"':
+            piece = char
+        elif code < 0x100:
+            piece = f"\\x{code:02x}"
+        elif code < 0x10000:
+            piece = f"\\u{code:04x}"
+        else:
+            piece = f"\\U{code:08x}"
+        size += len(piece)
+        if size > limit:
+            break
+        out.append(piece)
+    return "".join(out)
+
 
 # Fields that a push log line carries as `extra`; the JSON formatter emits them as keys.
 PUSH_FIELDS = (
@@ -41,7 +74,8 @@ class JsonFormatter(logging.Formatter):
                 entry[name] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
+        # ASCII only: U+2028, U+2029 and U+0085 would otherwise end the line for many readers
+        return json.dumps(entry)
 
 
 class TextFormatter(logging.Formatter):
@@ -55,6 +89,12 @@ class TextFormatter(logging.Formatter):
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return self._time(record.created)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # a second wall behind `escape`: no message, whatever it quotes, breaks the line
+        # (a traceback is added after this, on lines of its own, as usual)
+        line = super().formatMessage(record)
+        return line if line.isprintable() else line.translate(_LINE_BREAKS)
 
     def _time(self, created: float) -> str:
         second = int(created)

@@ -131,27 +131,30 @@ class Relay:
         token_hash = self.hasher(secret)
         session = push.session[:10]
         extra = None
-        if logs.structured():
+        if logs.structured():  # JSON escapes for itself; the values are only cut
             extra = {
                 "push_type": kind,
-                "app": app,
+                "app": app and app[: logs.MAX_VALUE_CHARS],
                 "outcome": outcome.status,
                 "reason": outcome.reason,
                 "upstream_status": outcome.upstream_status,
                 "duration_ms": round(outcome.duration * 1000, 1),
                 "session": session,
                 "token_hash": token_hash,
-                "detail": detail,
+                "detail": detail[: logs.MAX_VALUE_CHARS],
             }
         upstream = "-" if outcome.upstream_status is None else outcome.upstream_status
         # the message is formatted here, once; makeRecord + handle is log.log() without its
-        # stack walk
+        # stack walk. What came from the request or the upstream is escaped: it can neither
+        # start a line of its own nor pass for another field.
         message = (
-            f"push type={kind}{f' app={app}' if app else ''} outcome={outcome.status} "
-            f"reason={outcome.reason} upstream_status={upstream} "
-            f"duration_ms={outcome.duration * 1000:.1f} session={session} device={token_hash}"
-            f"{f' detail={detail!r}' if detail else ''}"
+            f"push type={kind}{f' app={logs.escape(app)}' if app else ''} "
+            f"outcome={outcome.status} reason={outcome.reason} upstream_status={upstream} "
+            f"duration_ms={outcome.duration * 1000:.1f} session={logs.escape(session)} "
+            f"device={token_hash}"
         )
+        if detail:
+            message += ' detail="' + logs.escape(detail) + '"'
         direct = None if extra else logs.direct_text_handler(log)
         if direct is not None:
             handler, formatter = direct

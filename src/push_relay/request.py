@@ -27,6 +27,9 @@ _RUST_WHITESPACE = (
 )
 _ESCAPED_SEPARATOR = re.compile(rb"%(?:26|3[dD])")
 _HEX_KEY = re.compile(r"[0-9a-fA-F]{64}", re.ASCII)
+# An RFC 3986 path segment without percent escapes: what an APNs device token may hold, since
+# it becomes part of the request path (`/3/device/<token>`).
+_PATH_SEGMENT = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@]*", re.ASCII)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +200,22 @@ def _apns_target(params: dict[str, str], token: str, collapse_key: str | None) -
     endpoint = _required(params, "endpoint")
     if endpoint not in ("p", "s"):
         raise InvalidRequest(InvalidRequest.INVALID)
+    # these become HTTP/2 fields of the connection every APNs push shares: a CR, LF, NUL or
+    # space there makes APNs reset the whole connection, failing everyone's pushes in flight
+    if not (_path_segment(token) and _visible(bundle_id)):
+        raise InvalidRequest(InvalidRequest.INVALID)
+    if collapse_key is not None and not _visible(collapse_key):
+        raise InvalidRequest(InvalidRequest.INVALID)
     if collapse_key is not None and len(collapse_key.encode()) > MAX_APNS_COLLAPSE_ID_BYTES:
         raise InvalidRequest(InvalidRequest.INVALID)
     return ApnsTarget(token, bundle_id, "p" if endpoint == "p" else "s")
+
+
+def _path_segment(token: str) -> bool:
+    # hex device tokens take the first test; the regex only sees unusual ones
+    return (token.isalnum() and token.isascii()) or _PATH_SEGMENT.fullmatch(token) is not None
+
+
+def _visible(value: str) -> bool:
+    """Only visible ASCII (0x21-0x7E); empty is fine."""
+    return value.isascii() and value.isprintable() and " " not in value

@@ -20,8 +20,9 @@ from collections.abc import Callable, Generator
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from push_relay.address import ListenAddressError, parse_listen
+from push_relay.address import ListenAddressError, Listener, listening_sockets, parse_listen
 from push_relay.app import PushRelayApp
+from push_relay.config import ServerConfig
 from push_relay.reload import Reloader
 
 __all__ = ["EmbeddedServer", "ListenAddressError", "RelayServer", "parse_listen", "serve"]
@@ -29,21 +30,26 @@ __all__ = ["EmbeddedServer", "ListenAddressError", "RelayServer", "parse_listen"
 log = logging.getLogger("push_relay")
 
 
-def _timeout_answer(text: bytes) -> bytes:
+def _closing_answer(status: bytes, text: bytes) -> bytes:
     return (
-        b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
-        b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(text), text)
+        b"HTTP/1.1 %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (status, len(text), text)
     )
 
 
-HEADER_TIMEOUT_ANSWER = _timeout_answer(b"Request header timed out")
-BODY_TIMEOUT_ANSWER = _timeout_answer(b"Request body timed out")
+HEADER_TIMEOUT_ANSWER = _closing_answer(b"408 Request Timeout", b"Request header timed out")
+BODY_TIMEOUT_ANSWER = _closing_answer(b"408 Request Timeout", b"Request body timed out")
+HEAD_TOO_LARGE_ANSWER = _closing_answer(
+    b"431 Request Header Fields Too Large", b"Request header fields too large"
+)
+TOO_MANY_CONNECTIONS_ANSWER = _closing_answer(b"503 Service Unavailable", b"Too many connections")
+LINGER_SECS = 2.0  # how long a refused client may go on sending before it is cut off
 # draining: how long a connection between two requests stays open for its client's next request
 DRAIN_IDLE_SECS = 1.0
 
 
 class SlowClientProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol plus deadlines for a request's headers and its body.
+    """uvicorn's httptools protocol plus deadlines and size limits for a request's head.
 
     uvicorn only times out idle keep-alive connections; a client that opens a connection and
     never sends (or trickles) its headers or body would hold it for ever. The header clock
@@ -51,26 +57,85 @@ class SlowClientProtocol(HttpToolsProtocol):
     complete the body clock starts; when the body is complete the request is the app's.
     One timer serves both phases (it is moved lazily), so a request that arrives in one
     packet costs one timer, not two plus a timeout in the app.
+
+    httptools buffers a header line until it is complete, so the head is bounded before the
+    parser sees it: while a head is being read, at most `max_header_bytes` of it are fed, and
+    a head not complete by then is answered 431 (as is field number `max_headers` + 1).
+    A connection accepted beyond `max_connections` is answered 503 at once; uvicorn's own
+    `limit_concurrency` would refuse every request while over the limit instead (the admin
+    listener's too), with a warning line per refusal. This class is the only code that
+    touches uvicorn's internals.
     """
 
     header_timeout = 10.0
     body_timeout = 10.0
+    max_header_bytes = 16_384
+    max_headers = 100
+    max_connections = 10_000
+    admin: Listener | None = None  # its connections are not counted against the limit
     _draining = False
     _timer: asyncio.TimerHandle | None = None
     _deadline = 0.0
     _answer = b""  # what a timed-out request is told; empty: nothing begun, just close
+    _head_room = 0  # head bytes the current request may still send; -1: its head is complete
+    _completed_in_feed = False  # a request ended inside the read being parsed
+    _unmetered = False  # the current head began in a read not metered as a head
+    _refused = False
+    _late_answer = b""  # a refusal waiting for the answers owed to earlier requests
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._head_room = self.max_header_bytes
+        if len(self.connections) > self.max_connections and not (
+            self.admin is not None and self.admin.accepted(self.server)
+        ):
+            self._close_with(TOO_MANY_CONNECTIONS_ANSWER)
+            return
         self._arm(self.header_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        room = self._head_room
+        if self._refused:
+            return
+        self._completed_in_feed = False
+        if room < 0 or len(data) <= room:  # a body, or a head still within its limit
+            if room >= 0:
+                self._head_room = room - len(data)
+            super().data_received(data)
+            return
+        # this read would take the head past its limit: feed only what the head may use
+        self._head_room = 0
+        if room:
+            super().data_received(data[:room])
+        if self._refused or self.transport.is_closing():
+            return
+        if self._head_room == 0:  # the head did not end within its limit
+            self._refuse(HEAD_TOO_LARGE_ANSWER)
+            return
+        self.data_received(data[room:])  # the head ended: the rest is its body and beyond
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        # pipelined behind the previous request in one read: `data_received` did not meter
+        # the start of this head, so `on_headers_complete` measures it from the parser
+        self._unmetered = self._completed_in_feed
         self._answer = HEADER_TIMEOUT_ANSWER
         if self._timer is None:
             self._arm(self.header_timeout)
 
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(self.headers) >= self.max_headers:  # uvicorn collects them in `headers`
+            self._refuse(HEAD_TOO_LARGE_ANSWER)
+            return
+        super().on_header(name, value)
+
     def on_headers_complete(self) -> None:
+        if self._refused:
+            return
+        if self._unmetered and self._parsed_head_size() > self.max_header_bytes:
+            self._refuse(HEAD_TOO_LARGE_ANSWER)
+            return
+        self._head_room = -1
         self._answer = BODY_TIMEOUT_ANSWER
         self._deadline = self.loop.time() + self.body_timeout
         if self._timer is None or self._timer.when() > self._deadline:
@@ -80,10 +145,60 @@ class SlowClientProtocol(HttpToolsProtocol):
         if self._draining:
             self.cycle.keep_alive = False  # the answer says `Connection: close`
 
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
+        if self._refused:
+            return
+        self._completed_in_feed = True
+        self._head_room = self.max_header_bytes
         self._answer = b""
         self._disarm()
         super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # starts the next pipelined request, if any
+        if self._late_answer and not self._answers_owed():
+            self._close_with(self._late_answer)
+
+    def _parsed_head_size(self) -> int:
+        """A lower bound of the head's size: `GET <url> HTTP/1.1` and `name:value` lines."""
+        size = len(self.url) + 16
+        for name, value in self.headers:
+            size += len(name) + len(value) + 3
+        return size
+
+    def _refuse(self, answer: bytes) -> None:
+        """Answer without the app and close; the parser's remaining callbacks are ignored.
+
+        Requests pipelined before this one are answered first, in order."""
+        self._refused = True
+        self._disarm()
+        if self._answers_owed():
+            self._late_answer = answer
+        else:
+            self._close_with(answer)
+
+    def _answers_owed(self) -> bool:
+        return bool(self.pipeline) or (self.cycle is not None and not self.cycle.response_complete)
+
+    def _close_with(self, answer: bytes) -> None:
+        """Answer, then close once the client has read it: closing a socket with unread
+        input resets the connection, and the client could lose the answer. So the write side
+        is shut, and what still comes in is dropped until the client closes or
+        `LINGER_SECS` pass (a lingering close)."""
+        self._refused = True
+        if self.transport.is_closing():
+            return
+        self.transport.write(answer)
+        if not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        self._disarm()
+        self._timer = self.loop.call_later(LINGER_SECS, self.transport.close)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -128,11 +243,20 @@ class SlowClientProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-def slow_client_protocol(header_timeout: float, body_timeout: float) -> type[SlowClientProtocol]:
+def slow_client_protocol(
+    server: ServerConfig, admin: Listener | None = None
+) -> type[SlowClientProtocol]:
     return type(
         "SlowClientProtocol",
         (SlowClientProtocol,),
-        {"header_timeout": header_timeout, "body_timeout": body_timeout},
+        {
+            "header_timeout": server.header_timeout_secs,
+            "body_timeout": server.body_timeout_secs,
+            "max_header_bytes": server.max_header_bytes,
+            "max_headers": server.max_headers,
+            "max_connections": server.max_connections,
+            "admin": admin,
+        },
     )
 
 
@@ -143,7 +267,7 @@ def uvicorn_config(app: PushRelayApp, host: str, port: int) -> uvicorn.Config:
         host=host,
         port=port,
         loop="uvloop",
-        http=slow_client_protocol(server.header_timeout_secs, server.body_timeout_secs),
+        http=slow_client_protocol(server, app.admin),
         lifespan="on",
         log_config=None,
         access_log=False,
@@ -211,21 +335,28 @@ def serve(
     host: str,
     port: int,
     sock: socket.socket | None = None,
+    admin_sock: socket.socket | None = None,
+    *,
     on_started: Callable[[], None] | None = None,
 ) -> int:
     """Run one worker until SIGTERM/SIGINT; returns the process exit status.
 
-    `sock` is a listening socket bound by the supervisor (`--workers N`), which also handles
-    SIGHUP and wants `on_started` called once the worker serves; alone, the process reloads
-    its config on SIGHUP.
+    `sock` and `admin_sock` are listening sockets bound by the supervisor (`--workers N`),
+    which also handles SIGHUP and wants `on_started` called once the worker serves; alone,
+    the process reloads its config on SIGHUP.
     """
     import uvloop
 
+    try:
+        sockets, app.admin = listening_sockets(app.server, host, port, sock, admin_sock)
+    except OSError as err:  # `bind` names the address
+        log.error("%s", err.strerror or err)
+        return 1
     reloader = Reloader(app) if sock is None else None
     config = uvicorn_config(app, host, port)
     server = RelayServer(config, app, reloader=reloader, on_started=on_started)
     try:
-        uvloop.run(server.serve(sockets=None if sock is None else [sock]))
+        uvloop.run(server.serve(sockets=sockets))
     except SystemExit:  # uvicorn's way of saying the lifespan start-up failed
         return 1
     return 0 if server.started else 1
@@ -243,8 +374,9 @@ class EmbeddedServer(uvicorn.Server):
 
 async def serve_async(app: PushRelayApp, host: str, port: int) -> EmbeddedServer:
     """Start serving in the running loop; stop with `server.should_exit = True`."""
+    sockets, app.admin = listening_sockets(app.server, host, port)
     server = EmbeddedServer(uvicorn_config(app, host, port))
-    task = asyncio.get_running_loop().create_task(server.serve())
+    task = asyncio.get_running_loop().create_task(server.serve(sockets=sockets))
     server.task = task
     # uvicorn offers no start-up event; poll, and surface a failed start-up (port taken)
     while not server.started:

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from push_relay import reload
+from push_relay.address import bind
 from push_relay.config import Config
 from push_relay.errors import ConfigError
 from push_relay.rollout import Rollout
@@ -82,18 +83,12 @@ def remove_state_dir(path: Path) -> None:
 
 def bind_sockets(host: str, port: int, count: int) -> list[socket.socket]:
     """`count` listening sockets sharing one address through SO_REUSEPORT."""
-    host = "127.0.0.1" if host == "localhost" else host
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sockets: list[socket.socket] = []
     try:
         for _ in range(count):
-            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock = bind(host, port, reuse_port=True)
             sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((host, port))
             port = sock.getsockname()[1]  # with port 0, the others follow the first
-            sock.listen(2048)
     except OSError:
         for sock in sockets:
             sock.close()
@@ -110,6 +105,14 @@ class Supervisor:
         self.state = state
         self.sockets = bind_sockets(host, port, count)
         self.port: int = self.sockets[0].getsockname()[1]
+        admin = config.server.admin_listen
+        try:
+            # one admin socket per worker too: whichever answers /metrics sums them all
+            self.admin_sockets = [] if admin is None else bind_sockets(*admin, count)
+        except OSError:
+            for sock in self.sockets:
+                sock.close()
+            raise
         self.workers: dict[int, int] = {}  # pid -> slot
         self.rollout: Rollout | None = None
         self.restarts: collections.deque[float] = collections.deque()
@@ -132,7 +135,7 @@ class Supervisor:
                 self._reap()
                 self._roll()
         finally:
-            for sock in self.sockets:
+            for sock in [*self.sockets, *self.admin_sockets]:
                 sock.close()
             if self.rollout is not None:
                 self.rollout.close()
@@ -166,8 +169,9 @@ class Supervisor:
         _stop_with_parent()
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reloads are the supervisor's business
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
-        for index, sock in enumerate(self.sockets):
-            if index != slot:
+        mine = [self.sockets[slot], *self.admin_sockets[slot : slot + 1]]
+        for sock in [*self.sockets, *self.admin_sockets]:
+            if sock not in mine:
                 sock.close()
         from push_relay.server import serve
 
@@ -177,7 +181,7 @@ class Supervisor:
             os.close(ready)
 
         app = worker_app(self.config, self.state / "tokens")
-        return serve(app, self.host, self.port, self.sockets[slot], on_started=started)
+        return serve(app, self.host, self.port, *mine, on_started=started)
 
     def _reload(self) -> None:
         if self.stopping:
@@ -256,7 +260,7 @@ class Supervisor:
         if not self.stopping:
             log.info("%s: draining %d workers", why, len(self.workers))
             self.stopping = True
-            for sock in self.sockets:  # new connections are refused, not left waiting
+            for sock in [*self.sockets, *self.admin_sockets]:  # refused, not left waiting
                 sock.close()
         for pid in self.workers:
             with contextlib.suppress(ProcessLookupError):
@@ -295,7 +299,7 @@ def _mark_dead(pid: int) -> None:
 def run_workers(config: Config, host: str, port: int, count: int, state: Path) -> int:
     try:
         supervisor = Supervisor(config, host, port, count, state)
-    except OSError as err:
-        log.error("cannot listen on %s:%d: %s", host, port, err.strerror or err)
+    except OSError as err:  # `bind` names the address
+        log.error("%s", err.strerror or err)
         return 1
     return supervisor.run()

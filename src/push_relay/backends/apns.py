@@ -21,6 +21,7 @@ from push_relay.backends._json import json_object, to_json
 from push_relay.config import ApnsConfig, load_signing_key
 from push_relay.errors import FailureKind, PushFailed
 from push_relay.http2 import H2Client, H2Error, H2InvalidHeaderError, H2TimeoutError
+from push_relay.logs import escape
 from push_relay.payload import ThreemaPayload
 from push_relay.request import ApnsTarget, PushRequest
 
@@ -138,7 +139,7 @@ class ApnsBackend:
             status, verdict = await self._post(target, path, headers, body, token)
         if not verdict.delivered:
             raise verdict.failure(status)
-        log.debug("apns: delivered %s", verdict.detail)
+        log.debug("apns: delivered %s", escape(verdict.detail))
 
     async def _post(
         self,
@@ -172,7 +173,9 @@ class ApnsBackend:
         )
         client = self._connections.get(origin)
         if client is None:
-            client = H2Client(origin, self._clients.h2_ssl_context)
+            # http:// (allowed on loopback only) means plaintext h2c, as for FCM: never TLS
+            tls = self._clients.h2_ssl_context if origin.startswith("https://") else None
+            client = H2Client(origin, tls)
             self._connections[origin] = client
         return client
 

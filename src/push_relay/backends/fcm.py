@@ -28,10 +28,12 @@ from cryptography.hazmat.primitives import serialization
 from push_relay import metrics
 from push_relay.auth import Token, credential_key
 from push_relay.backends import Clients, Readiness, Verdict
+from push_relay.backends._body import read_body
 from push_relay.backends._json import json_object, to_json
 from push_relay.config import FcmConfig, ServiceAccount
 from push_relay.errors import FailureKind, PushFailed
 from push_relay.http2 import H2Client, H2Error, H2InvalidHeaderError
+from push_relay.logs import escape
 from push_relay.payload import ThreemaPayload
 from push_relay.request import FcmTarget, PushRequest
 
@@ -202,7 +204,7 @@ class FcmBackend:
             # once per reason: a failing token endpoint would otherwise log every push
             if failure.detail != self.auth_error:
                 self.auth_error = failure.detail
-                log.error("fcm: cannot obtain an access token: %s", failure.detail)
+                log.error("fcm: cannot obtain an access token: %s", escape(failure.detail))
             raise
         metrics.auth_refreshed(self.name, True)
         self.auth_error = None
@@ -217,7 +219,7 @@ class FcmBackend:
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_secs)
         try:
             async with self.clients.http.post(account.token_uri, data=form, timeout=timeout) as r:
-                status, answer = r.status, await r.read()
+                status, answer = r.status, await read_body(r)
         except (aiohttp.ClientError, TimeoutError) as err:
             detail = f"token request failed: {type(err).__name__}"
             raise PushFailed(FailureKind.INTERNAL, "auth_failed", detail) from None

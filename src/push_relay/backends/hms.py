@@ -17,6 +17,7 @@ import aiohttp
 from push_relay import metrics
 from push_relay.auth import Token, credential_key
 from push_relay.backends import Clients, Readiness, Verdict
+from push_relay.backends._body import read_body
 from push_relay.backends._json import json_object, to_json
 from push_relay.config import HmsConfig
 from push_relay.errors import FailureKind, PushFailed
@@ -210,7 +211,7 @@ class HmsBackend:
 
     async def _post(self, url: str, **kwargs: Any) -> tuple[int, Mapping[str, str], bytes]:
         async with self.clients.http.post(url, timeout=self.timeout, **kwargs) as response:
-            return response.status, response.headers, await response.read()
+            return response.status, response.headers, await read_body(response)
 
     async def check_ready(self) -> dict[str, Readiness]:
         """Ready when an access token can be obtained (a cached one counts)."""

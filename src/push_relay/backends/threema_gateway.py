@@ -15,6 +15,7 @@ import nacl.utils
 from nacl.public import Box, PrivateKey, PublicKey
 
 from push_relay.backends import Clients, Readiness, Verdict
+from push_relay.backends._body import read_body
 from push_relay.backends._json import to_json
 from push_relay.config import GatewayConfig
 from push_relay.errors import FailureKind, PushFailed
@@ -99,7 +100,8 @@ class GatewayBackend:
             async with self.clients.http.post(
                 url, data=form, headers={"Accept": "application/json"}, timeout=self.timeout
             ) as response:
-                status, headers, answer = response.status, response.headers, await response.read()
+                status, headers = response.status, response.headers
+                answer = await read_body(response)
         except (aiohttp.ClientError, TimeoutError) as err:
             raise PushFailed(
                 FailureKind.CLIENT, "send_error", f"could not send: {type(err).__name__}"

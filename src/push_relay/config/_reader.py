@@ -6,10 +6,12 @@ collected as warnings instead.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from push_relay.errors import ConfigError
 
@@ -82,13 +84,19 @@ class Reader:
             raise self.error(f"{section}.{key}", f"must be > 0, not {value}")
         return value
 
-    def url(self, s: dict[str, Any], section: str, key: str, default: str | None) -> str:
+    def url(
+        self, s: dict[str, Any], section: str, key: str, default: str | None, *, upstream: bool
+    ) -> str:
+        """An http(s):// URL without trailing `/`; an `upstream` (a push service or token
+        endpoint, which receives credentials) may be plain http:// only on loopback."""
         if default is None:
             value: str = self.require(s, section, key, str)
         else:
             value = self.get(s, section, key, str, default)
         if not value.startswith(("https://", "http://")):
             raise self.error(f"{section}.{key}", f"must be an http(s):// URL, not {value!r}")
+        if upstream and not secure_enough(value):
+            raise self.error(f"{section}.{key}", f"{value!r}: {PLAIN_HTTP}")
         return value.rstrip("/")
 
     def read_file(self, key: str, name: str) -> bytes:
@@ -108,6 +116,30 @@ class Reader:
 
     def error(self, key: str, message: str) -> ConfigError:
         return ConfigError(self.path, message, key)
+
+
+PLAIN_HTTP = "http:// would send credentials in clear; only loopback hosts may use it"
+
+
+def secure_enough(url: str) -> bool:
+    """An upstream URL is https://, or http:// to a loopback host (a local simulator)."""
+    return not url.startswith("http://") or is_loopback_url(url)
+
+
+def is_loopback_url(url: str) -> bool:
+    """True when `url`'s host is 127.0.0.0/8, ::1 or localhost."""
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:  # e.g. an unbalanced `[` in the host
+        return False
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _describe(value: object) -> str:

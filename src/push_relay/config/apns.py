@@ -34,8 +34,10 @@ def read_apns(r: Reader, s: dict[str, Any]) -> ApnsConfig:
         signing_key=r.read_file("apns.keyfile", keyfile),
         key_id=r.require(s, "apns", "key_id", str),
         team_id=r.require(s, "apns", "team_id", str),
-        production_endpoint=r.url(s, "apns", "production_endpoint", APNS_PRODUCTION_ENDPOINT),
-        sandbox_endpoint=r.url(s, "apns", "sandbox_endpoint", APNS_SANDBOX_ENDPOINT),
+        production_endpoint=r.url(
+            s, "apns", "production_endpoint", APNS_PRODUCTION_ENDPOINT, upstream=True
+        ),
+        sandbox_endpoint=r.url(s, "apns", "sandbox_endpoint", APNS_SANDBOX_ENDPOINT, upstream=True),
     )
     load_signing_key(apns.signing_key, keyfile, r.path)  # a bad key fails check-config
     return apns

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from push_relay.config._reader import Reader
+from push_relay.config._reader import PLAIN_HTTP, Reader, secure_enough
 
 FCM_ENDPOINT = "https://fcm.googleapis.com"
 
@@ -46,7 +46,7 @@ def read_fcm(r: Reader, s: dict[str, Any]) -> FcmConfig:
         project_id=str(project_id),
         max_retries=max_retries,
         timeout_secs=r.seconds(s, "fcm", "timeout_secs", 60.0),
-        endpoint=r.url(s, "fcm", "endpoint", FCM_ENDPOINT),
+        endpoint=r.url(s, "fcm", "endpoint", FCM_ENDPOINT, upstream=True),
     )
 
 
@@ -66,9 +66,14 @@ def _service_account(r: Reader, encoded: str) -> ServiceAccount:
     missing = [f for f in fields if not isinstance(info.get(f), str)]
     if missing:
         raise r.error(key, f"service account lacks {', '.join(missing)}")
+    token_uri = info["token_uri"]
+    if not token_uri.startswith(("https://", "http://")):
+        raise r.error(key, f"token_uri must be an http(s):// URL, not {token_uri!r}")
+    if not secure_enough(token_uri):
+        raise r.error(key, f"token_uri {token_uri!r}: {PLAIN_HTTP}")
     return ServiceAccount(
         client_email=info["client_email"],
         private_key=info["private_key"],
         private_key_id=str(info.get("private_key_id", "")),
-        token_uri=info["token_uri"],
+        token_uri=token_uri,
     )

@@ -22,7 +22,7 @@ def read_gateway(r: Reader, s: dict[str, Any]) -> GatewayConfig:
     r.warn_unknown(s, known, "threema_gateway")
     key_file = r.require(s, "threema_gateway", "private_key_file", str)
     return GatewayConfig(
-        base_url=r.url(s, "threema_gateway", "base_url", None),
+        base_url=r.url(s, "threema_gateway", "base_url", None, upstream=True),
         identity=r.require(s, "threema_gateway", "identity", str),
         secret=r.require(s, "threema_gateway", "secret", str),
         private_key_file=key_file,

@@ -32,6 +32,6 @@ def read_hms(r: Reader, app_id: str, s: dict[str, Any] | None) -> HmsConfig:
         client_id=r.require(s, section, "client_id", str),
         client_secret=r.require(s, section, "client_secret", str),
         high_priority=r.get(s, section, "high_priority", bool, False),
-        login_endpoint=r.url(s, section, "login_endpoint", HMS_LOGIN_ENDPOINT),
-        push_endpoint=r.url(s, section, "push_endpoint", HMS_PUSH_ENDPOINT),
+        login_endpoint=r.url(s, section, "login_endpoint", HMS_LOGIN_ENDPOINT, upstream=True),
+        push_endpoint=r.url(s, section, "push_endpoint", HMS_PUSH_ENDPOINT, upstream=True),
     )

@@ -19,7 +19,7 @@ class InfluxConfig:
 def read_influx(r: Reader, s: dict[str, Any]) -> InfluxConfig:
     r.warn_unknown(s, {"connection_string", "user", "pass", "db"}, "influxdb")
     return InfluxConfig(
-        connection_string=r.url(s, "influxdb", "connection_string", None),
+        connection_string=r.url(s, "influxdb", "connection_string", None, upstream=False),
         user=r.require(s, "influxdb", "user", str),
         password=r.require(s, "influxdb", "pass", str),
         db=r.require(s, "influxdb", "db", str),

@@ -136,11 +136,12 @@ class Delivery:
 
 
 class ApnsSimulator:
-    """APNs on 127.0.0.1 over HTTP/2 with TLS; `start()` returns its URL."""
+    """APNs on 127.0.0.1 over HTTP/2 with TLS (plaintext h2c when `ca` is None); `start()`
+    returns its URL. `answer_delay` holds every answer back that many seconds."""
 
     def __init__(
         self,
-        ca: TestCA,
+        ca: TestCA | None,
         key: ApnsKey,
         *,
         clock: Callable[[], float] = time.time,
@@ -153,6 +154,7 @@ class ApnsSimulator:
         self.requests: list[ApnsRequest] = []
         self.deliveries: list[Delivery] = []
         self.on_delivery = on_delivery
+        self.answer_delay = 0.0
         self.server = H2SimServer(self._handle, ca, max_concurrent_streams=max_concurrent_streams)
 
     @property
@@ -196,8 +198,8 @@ class ApnsSimulator:
         step = self.script.next(device_token) or Step()
         if step.until is not None:
             await step.until.wait()
-        if step.delay:
-            await asyncio.sleep(step.delay)
+        if step.delay or self.answer_delay:
+            await asyncio.sleep(step.delay or self.answer_delay)
         if step.drop:
             self._record(request, apns_id, device_token, payload, 0, "dropped")
             return H2Drop()

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from push_relay.testing.ca import TestCA
 
@@ -26,10 +27,15 @@ class HttpSimulator:
     """An aiohttp server on 127.0.0.1 (TLS when given a CA) that records every request.
 
     Subclasses add routes in `routes()`; handlers call `await self.record(request)` first.
+    `answer_padding` appends that many spaces to every answer's body (still valid JSON), and
+    `answer_chunked` sends answers without a Content-Length, as a broken or hostile service
+    might.
     """
 
     def __init__(self, ca: TestCA | None = None) -> None:
         self.ca = ca
+        self.answer_padding = 0
+        self.answer_chunked = False
         self.requests: list[RecordedRequest] = []
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -57,7 +63,7 @@ class HttpSimulator:
         return [r for r in self.requests if path_part in r.path]
 
     async def start(self, port: int = 0) -> str:
-        app = web.Application(client_max_size=1 << 20)
+        app = web.Application(client_max_size=1 << 20, middlewares=[self._shape_answer])
         app.add_routes(self.routes())
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -68,6 +74,17 @@ class HttpSimulator:
         # an `asyncio.Server`
         self.port = self._runner.addresses[0][1]
         return self.url
+
+    @web.middleware
+    async def _shape_answer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await handler(request)
+        if isinstance(response, web.Response):
+            if self.answer_padding:
+                body = response.body if isinstance(response.body, bytes) else b""
+                response.body = body + b" " * self.answer_padding
+            if self.answer_chunked:
+                response.enable_chunked_encoding()
+        return response
 
     async def stop(self) -> None:
         if self._runner is not None:
