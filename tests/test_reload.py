@@ -25,6 +25,7 @@ from push_relay.testing.apns_sim import ApnsSimulator
 from push_relay.testing.ca import TestCA
 from push_relay.testing.fcm_sim import FcmSimulator, device_token
 from push_relay.testing.hms_sim import HmsSimulator
+from push_relay.testing.ports import free_port
 from push_relay.testing.process import RelayProcess
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -331,3 +332,32 @@ def test_a_reload_keeps_the_drawn_log_hash_key_unless_the_config_sets_one() -> N
     )
     assert "mine" == keep_hash_key(drawn, configured).server.log_hash_key
     assert "server" not in changed_sections(drawn, keep_hash_key(drawn, Config("relay.toml")))
+
+
+@pytest.mark.parametrize("args", MODES)
+async def test_the_admin_listener_keeps_its_role_across_a_reload(
+    args: tuple[str, ...], services: Services
+) -> None:
+    admin = f"127.0.0.1:{free_port()}"
+    toml = services.toml().replace("[server]\n", f'[server]\nadmin_listen = "{admin}"\n')
+    services.write(toml)
+    relay = await RelayProcess.start(services.config, *args, env={"TMPDIR": str(services.workdir)})
+    try:
+        services.write(toml.replace("shutdown_grace_secs = 5", "shutdown_grace_secs = 4"))
+        assert "now serves" in await reloaded(relay)
+        async with aiohttp.ClientSession() as session:
+            statuses = [
+                await status(session, f"http://{admin}/metrics"),
+                await status(session, f"http://{admin}/push", "POST"),
+                await status(session, relay.url + "/metrics"),
+            ]
+    finally:
+        assert 0 == await relay.stop()
+
+    assert [200, 404, 404] == statuses
+
+
+async def status(session: aiohttp.ClientSession, url: str, method: str = "GET") -> int:
+    async with session.request(method, url, data=b"", headers=FORM) as response:
+        await response.read()
+        return response.status
