@@ -63,7 +63,9 @@ class RedisStore:
             url,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),  # a retry would only stretch the bound; no retries
+            # one immediate retry replaces a connection that went stale (Redis restarted);
+            # the overall bound of every call is asyncio.timeout(timeout), retries included
+            retry=Retry(NoBackoff(), 1),
             max_connections=8,
         )
         self.timeout = timeout
