@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
 import signal
 import socket
 import sys
@@ -26,6 +27,9 @@ CURL = re.compile(
     re.MULTILINE,
 )
 BANNER_END = "Stop with Ctrl-C."
+RATE_LIMIT_LOOP = re.compile(
+    r"^for i in [\d ]+; do curl .*?; echo; done$", re.MULTILINE | re.DOTALL
+)
 
 
 def simulated_types() -> set[str]:
@@ -112,6 +116,34 @@ async def test_every_printed_example_is_answered_204_and_delivered() -> None:
     deliveries = [line for line in log_lines if " push_relay.sandbox: " in line]
     assert len(examples) == len(deliveries), "\n".join(log_lines)
     assert all("123deadbeef" in line for line in deliveries)
+
+
+async def test_the_rate_limit_example_ends_with_a_429() -> None:
+    """The printed loop, pasted into a shell as it is: its last push is refused."""
+    if shutil.which("curl") is None:
+        raise AssertionError("curl is not installed: apt-get install curl")
+    process = await start_sandbox(f"127.0.0.1:{free_port()}")
+    assert process.stdout is not None
+    try:
+        banner = await read_banner(process.stdout)
+        [loop] = RATE_LIMIT_LOOP.findall(banner)
+        shell = await asyncio.create_subprocess_exec(
+            "bash", "-c", loop, stdout=asyncio.subprocess.PIPE
+        )
+        async with asyncio.timeout(30):
+            output, _ = await shell.communicate()
+    finally:
+        process.send_signal(signal.SIGINT)
+        async with asyncio.timeout(30):
+            await process.wait()
+    responses = output.decode().split("HTTP/1.1 ")[1:]
+    assert 6 == len(responses)
+    assert responses[0].startswith("204 ")
+    last = responses[-1]
+    assert last.startswith("429 ")
+    assert "retry-after: " in last.lower()
+    assert last.rstrip().endswith("Too many requests")
+    assert "# Rate limit" in banner
 
 
 @pytest.mark.parametrize("listen", ["127.0.0.1", "127.0.0.1:99999"])
