@@ -17,6 +17,7 @@ from push_relay.config.limits import Network
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 MAX_HOPS = 32  # proxies in a row; beyond that the furthest one seen stands for the client
+CACHE_SIZE = 65_536  # addresses as written -> parsed; parsing one costs microseconds
 
 
 class ClientAddress:
@@ -24,6 +25,9 @@ class ClientAddress:
 
     def __init__(self, trusted_proxies: Iterable[Network]) -> None:
         self._trusted = tuple(trusted_proxies)
+        # text -> (canonical text, trusted), or None when not an address; proxies and
+        # repeating clients are looked up, not parsed again
+        self._seen: dict[str, tuple[str, bool] | None] = {}
 
     def __call__(self, scope: Mapping[str, Any]) -> str | None:
         client = scope.get("client")
@@ -32,31 +36,44 @@ class ClientAddress:
         peer: str = client[0]
         if not self._trusted:
             return peer
-        address = parse_address(peer)
-        if address is None or not self._is_trusted(address):
+        known = self._lookup(peer)
+        if known is None or not known[1]:
             return peer
         forwarded = [value for name, value in scope["headers"] if name == b"x-forwarded-for"]
-        return str(self._walk(address, b",".join(forwarded).split(b",")))
+        if not forwarded:
+            return known[0]
+        return self._walk(known[0], b",".join(forwarded).split(b","))
 
-    def _walk(self, nearest: Address, entries: list[bytes]) -> Address:
+    def _walk(self, nearest: str, entries: list[bytes]) -> str:
         hops = 0
         for entry in reversed(entries):
             text = entry.strip()
             if not text:  # an empty list element (`a,,b`) is no hop
                 continue
-            address = parse_address(text.decode("latin-1"))
-            if address is None:
+            known = self._lookup(text.decode("latin-1"))
+            if known is None:
                 return nearest
-            if not self._is_trusted(address):
-                return address
-            nearest = address
+            if not known[1]:
+                return known[0]
+            nearest = known[0]
             hops += 1
             if hops >= MAX_HOPS:
                 break
         return nearest
 
-    def _is_trusted(self, address: Address) -> bool:
-        return any(address in network for network in self._trusted)
+    def _lookup(self, text: str) -> tuple[str, bool] | None:
+        try:
+            return self._seen[text]
+        except KeyError:
+            pass
+        address = parse_address(text)
+        known = None
+        if address is not None:
+            known = str(address), any(address in network for network in self._trusted)
+        if len(self._seen) >= CACHE_SIZE:
+            self._seen.clear()
+        self._seen[text] = known
+        return known
 
 
 def parse_address(text: str) -> Address | None:

@@ -7,7 +7,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from push_relay.ratelimit._gcra import ADMITTED, MICROS, Rule, Verdict, digest, retry_after
+from push_relay.ratelimit._gcra import ADMITTED, MICROS, KeyedDigest, Rule, Verdict, retry_after
 
 Table = OrderedDict[bytes, int]
 
@@ -32,18 +32,18 @@ class MemoryStore:
         self._client = client
         self._token = token
         self._clock = clock or time.monotonic
-        self._key = os.urandom(32)
+        self._digest = KeyedDigest(os.urandom(32))
         self._clients: Table = OrderedDict()
         self._tokens: Table = OrderedDict()
 
     async def check(self, client: str | None, target: str | None) -> Verdict:
         now = int(self._clock() * MICROS)
         if client is not None and self._client is not None:
-            wait = _take(self._clients, self._client, digest(self._key, client), now)
+            wait = _take(self._clients, self._client, self._digest(client), now)
             if wait:
                 return Verdict("client", retry_after(wait))
         if target is not None and self._token is not None:
-            wait = _take(self._tokens, self._token, digest(self._key, target), now)
+            wait = _take(self._tokens, self._token, self._digest(target), now)
             if wait:
                 return Verdict("token", retry_after(wait))
         return ADMITTED

@@ -31,7 +31,14 @@ from redis.exceptions import NoScriptError, RedisError
 
 from push_relay import metrics
 from push_relay.backends import Readiness
-from push_relay.ratelimit._gcra import ADMITTED, MICROS, UNAVAILABLE, Rule, Verdict, digest
+from push_relay.ratelimit._gcra import (
+    ADMITTED,
+    MICROS,
+    UNAVAILABLE,
+    KeyedDigest,
+    Rule,
+    Verdict,
+)
 from push_relay.ratelimit._gcra import retry_after as whole_seconds
 from push_relay.ratelimit._script import SCRIPT
 
@@ -73,7 +80,8 @@ class RedisStore:
         rules = {"client": client, "token": token}
         self._scopes = [(name, rule) for name, rule in rules.items() if rule is not None]
         self._rule_args = [str(n) for _, r in self._scopes for n in (r.interval, r.tolerance)]
-        self._key = os.urandom(32).hex().encode()  # a candidate until Redis names the agreed one
+        # a candidate until Redis names the agreed one
+        self._digest = KeyedDigest(os.urandom(32).hex().encode())
         self._sha = ""
         self._pending: list[Check] = []
         self._scheduled = False
@@ -138,7 +146,12 @@ class RedisStore:
                 self._sha = await self._redis.script_load(SCRIPT)
             pipe = self._redis.pipeline(transaction=False)
             now = "" if self._clock is None else str(int(self._clock() * MICROS))
-            args: list[bytes | str] = [self._key, now, str(len(self._scopes)), *self._rule_args]
+            args: list[bytes | str] = [
+                self._digest.key,
+                now,
+                str(len(self._scopes)),
+                *self._rule_args,
+            ]
             for start in range(0, len(checks), BATCH):
                 keys = self._keys(checks[start : start + BATCH])
                 pipe.evalsha(self._sha, len(keys), *keys, *args)
@@ -150,21 +163,21 @@ class RedisStore:
             if errors:
                 raise errors[0]
             if any(r[0] == 0 for r in replies):
-                self._key = next(r[1] for r in replies if r[0] == 0)
+                self._digest = KeyedDigest(next(r[1] for r in replies if r[0] == 0))
                 continue
             return [self._verdict(r[i], r[i + 1]) for r in replies for i in range(1, len(r), 2)]
         raise RedisError("the rate-limit script did not settle on a hash key")
 
     def _keys(self, checks: list[tuple[str | None, str | None]]) -> list[str]:
         keys = [HASH_KEY_NAME]
-        hash_key = self._key[:64]  # BLAKE2b's longest key; ours are exactly that long
+        digest = self._digest
         for client, target in checks:
             for name, _ in self._scopes:
                 value = client if name == "client" else target
                 if value is None:
                     keys.append("")
                 else:
-                    keys.append(f"{PREFIX}{name[0]}:{digest(hash_key, value).hex()}")
+                    keys.append(f"{PREFIX}{name[0]}:{digest(value).hex()}")
         return keys
 
     def _verdict(self, refused: int, wait: int) -> Verdict:
