@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 from helpers import FakeClock
 from push_relay import config
 from push_relay.backends import Clients
+from push_relay.cli import summarize
 from push_relay.errors import ConfigError
 from push_relay.ratelimit import ADMITTED, Rule, Verdict
 from push_relay.ratelimit._clients import ClientAddress
@@ -679,3 +680,18 @@ async def test_ready_lists_no_limits_entry_without_redis(
         ready = await relay.request("GET", "/ready")
     assert 200 == ready.status
     assert {"ready", "backends"} == set(json.loads(ready.text))
+
+
+def test_check_config_summarizes_the_limits_without_credentials(
+    write_config: Callable[[str], Path],
+) -> None:
+    url = "redis://:redis-password@127.0.0.1:6380/2"
+    path = write_config(
+        limits(token_per_minute=12, client_per_minute=600, redis_url=url, trusted_proxies=["::1"])
+    )
+    summary = summarize(config.load(path))
+    assert (
+        "  limits: 12/min per device (burst 10), 600/min per client (burst 100), "
+        "1 trusted proxy networks, shared in Redis at 127.0.0.1:6380 (fails open)"
+    ) in summary.splitlines()
+    assert "redis-password" not in summary

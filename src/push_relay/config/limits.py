@@ -29,6 +29,24 @@ class LimitsConfig:
         """Whether any limit applies; when not, the push path never consults a limiter."""
         return self.token_per_minute > 0 or self.client_per_minute > 0
 
+    def describe(self) -> str:
+        """One line for `check-config`, without the Redis URL's credentials."""
+        parts = []
+        if self.token_per_minute:
+            parts.append(f"{self.token_per_minute}/min per device (burst {self.token_burst})")
+        if self.client_per_minute:
+            parts.append(f"{self.client_per_minute}/min per client (burst {self.client_burst})")
+        if self.trusted_proxies:
+            parts.append(f"{len(self.trusted_proxies)} trusted proxy networks")
+        if self.redis_url is None:
+            parts.append("counted per worker")
+        else:
+            url = urlsplit(self.redis_url)
+            where = url.path if url.scheme == "unix" else f"{url.hostname}:{url.port or 6379}"
+            mode = "open" if self.redis_fail_open else "closed"
+            parts.append(f"shared in Redis at {where} (fails {mode})")
+        return ", ".join(parts) if self.active else "none (both limits are 0)"
+
 
 def read_limits(r: Reader, s: dict[str, Any]) -> LimitsConfig:
     d = LimitsConfig()

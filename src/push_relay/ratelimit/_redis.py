@@ -20,17 +20,21 @@ attempt per push.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import Connection, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from push_relay import metrics
 from push_relay.backends import Readiness
+from push_relay.ratelimit import _resp as resp
 from push_relay.ratelimit._gcra import (
     ADMITTED,
     MICROS,
@@ -46,6 +50,8 @@ log = logging.getLogger("push_relay.limits")
 
 PREFIX = "push-relay:limits:"
 HASH_KEY_NAME = PREFIX + "hash-key"
+HASH_KEY = resp.bulk(HASH_KEY_NAME.encode())
+KEY_HEX = 32  # hex characters of a key's hash (16 bytes)
 BATCH = 256  # pushes per script call: keeps each call short for the server's other clients
 WARN_EVERY_SECS = 10.0
 
@@ -66,23 +72,28 @@ class RedisStore:
         timeout: float,
         clock: Callable[[], float] | None = None,
     ) -> None:
+        # every call is bounded by asyncio.timeout(timeout), which also covers connecting;
+        # redis-py's own per-read timeouts and retries would only add cost under that bound
         self._redis = Redis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            # one immediate retry replaces a connection that went stale (Redis restarted);
-            # the overall bound of every call is asyncio.timeout(timeout), retries included
-            retry=Retry(NoBackoff(), 1),
-            max_connections=8,
+            url, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0), max_connections=4
         )
+        # the checks' own connection: one batch in flight at a time, no pool bookkeeping
+        pool = self._redis.connection_pool
+        self._connection: Connection = pool.make_connection()  # type: ignore[no-untyped-call]
         self.timeout = timeout
         self._clock = clock  # None: Redis's own clock, the same for every instance
         rules = {"client": client, "token": token}
-        self._scopes = [(name, rule) for name, rule in rules.items() if rule is not None]
-        self._rule_args = [str(n) for _, r in self._scopes for n in (r.interval, r.tolerance)]
+        scopes = [(name, rule) for name, rule in rules.items() if rule is not None]
+        self._scope_names = [name for name, _ in scopes]
+        # (the RESP head of its keys, whether it counts clients) per scope, in script order
+        self._scopes = [
+            (resp.key_head(f"{PREFIX}{name[0]}:", KEY_HEX), name == "client") for name, _ in scopes
+        ]
+        self._rule_args = [b"%d" % len(scopes)]
+        self._rule_args += [b"%d" % n for _, r in scopes for n in (r.interval, r.tolerance)]
         # a candidate until Redis names the agreed one
         self._digest = KeyedDigest(os.urandom(32).hex().encode())
-        self._sha = ""
+        self._sha = hashlib.sha1(SCRIPT.encode()).hexdigest().encode()  # EVALSHA's name
         self._pending: list[Check] = []
         self._scheduled = False
         self._flushing: asyncio.Task[None] | None = None
@@ -140,24 +151,12 @@ class RedisStore:
             log.warning("rate-limit store (Redis) failed: %s: %s", self.last_error, err)
 
     async def _ask(self, checks: list[tuple[str | None, str | None]]) -> list[Verdict]:
-        """One pipelined round trip (plus one to load the script or adopt the agreed key)."""
+        """One round trip (plus one to load the script or adopt the agreed key)."""
         for _ in range(3):
-            if not self._sha:
-                self._sha = await self._redis.script_load(SCRIPT)
-            pipe = self._redis.pipeline(transaction=False)
-            now = "" if self._clock is None else str(int(self._clock() * MICROS))
-            args: list[bytes | str] = [
-                self._digest.key,
-                now,
-                str(len(self._scopes)),
-                *self._rule_args,
-            ]
-            for start in range(0, len(checks), BATCH):
-                keys = self._keys(checks[start : start + BATCH])
-                pipe.evalsha(self._sha, len(keys), *keys, *args)
-            replies = await pipe.execute(raise_on_error=False)
+            replies = await self._round_trip(self._commands(checks))
             if any(isinstance(r, NoScriptError) for r in replies):
-                self._sha = ""  # Redis restarted or flushed its scripts
+                # Redis restarted or flushed its scripts
+                await self._round_trip([resp.command(b"SCRIPT", b"LOAD", SCRIPT.encode())])
                 continue
             errors = [r for r in replies if isinstance(r, Exception)]
             if errors:
@@ -168,22 +167,49 @@ class RedisStore:
             return [self._verdict(r[i], r[i + 1]) for r in replies for i in range(1, len(r), 2)]
         raise RedisError("the rate-limit script did not settle on a hash key")
 
-    def _keys(self, checks: list[tuple[str | None, str | None]]) -> list[str]:
-        keys = [HASH_KEY_NAME]
+    def _commands(self, checks: list[tuple[str | None, str | None]]) -> list[bytes]:
+        """`EVALSHA` per `BATCH` checks, packed by hand: redis-py's general packing of each
+        argument cost more than everything else a check does."""
+        now = b"" if self._clock is None else b"%d" % int(self._clock() * MICROS)
+        args = [self._digest.key, now, *self._rule_args]
         digest = self._digest
-        for client, target in checks:
-            for name, _ in self._scopes:
-                value = client if name == "client" else target
-                if value is None:
-                    keys.append("")
-                else:
-                    keys.append(f"{PREFIX}{name[0]}:{digest(value).hex()}")
-        return keys
+        commands = []
+        for start in range(0, len(checks), BATCH):
+            keys = [HASH_KEY]
+            for client, target in checks[start : start + BATCH]:
+                for prefix, is_client in self._scopes:
+                    value = client if is_client else target
+                    keys.append(
+                        resp.EMPTY
+                        if value is None
+                        else prefix + digest(value).hex().encode() + b"\r\n"
+                    )
+            commands.append(resp.evalsha(self._sha, keys, args))
+        return commands
+
+    async def _round_trip(self, commands: list[bytes]) -> list[Any]:
+        """Send `commands` at once on the store's own connection; every reply, in order (an
+        error reply as its exception). A connection that Redis closed since its last use is
+        replaced once."""
+        connection = self._connection
+        stale = connection.is_connected
+        while True:
+            try:
+                await connection.send_packed_command(b"".join(commands), check_health=False)
+                return [await _reply(connection) for _ in commands]
+            except RedisConnectionError:
+                await connection.disconnect(nowait=True)
+                if not stale:
+                    raise
+                stale = False
+            except BaseException:  # a timeout mid-reply: the connection's state is unknown
+                await connection.disconnect(nowait=True)
+                raise
 
     def _verdict(self, refused: int, wait: int) -> Verdict:
         if refused == 0:
             return ADMITTED
-        return Verdict(self._scopes[refused - 1][0], whole_seconds(wait))
+        return Verdict(self._scope_names[refused - 1], whole_seconds(wait))
 
     async def readiness(self) -> Readiness:
         """Whether Redis answers a PING within the timeout."""
@@ -201,4 +227,12 @@ class RedisStore:
             if not future.done():
                 future.set_result(UNAVAILABLE)
         self._pending.clear()
+        await self._connection.disconnect()
         await self._redis.aclose()
+
+
+async def _reply(connection: Connection) -> Any:
+    try:
+        return await connection.read_response()
+    except ResponseError as err:
+        return err
