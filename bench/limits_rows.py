@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import measure
+import procstats
 from nginx_upstream import Nginx
 from relay_process import start_relay
 
@@ -86,8 +87,9 @@ def limits_figures(
                 "wrk": run.result,
                 "cpu_per_1k": {k: measure.per_thousand(v, requests) for k, v in run.cpu.items()},
             }
+        rss = procstats.rss_mb(relay.process.pid)
     finally:
         relay.stop()
         if redis is not None:
             redis.stop()
-    return {"store": store, "paths": paths}
+    return {"store": store, "paths": paths, "rss_mb": rss}

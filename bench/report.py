@@ -89,14 +89,15 @@ def _limits(results: dict[str, Any]) -> list[str]:
         f"`wrk -t1 -c{s['connections']} -d{s['duration']:g}s`)",
         "",
         "| limits counted in | path | relayed pushes/s | all 204 "
-        "| CPU s per 1k: relay · redis · nginx · wrk |",
-        "|---|---|---:|---|---|",
+        "| CPU s per 1k: relay · redis · nginx · wrk | RSS of the worker (MiB) |",
+        "|---|---|---:|---|---|---:|",
     ]
     for row in results.get("limits", []):
         for path, p in row["paths"].items():
             lines.append(
                 f"| {row['store']} | {path} | {p['rate']:,.0f} | {_yes(p['ok'])} | "
-                f"{_cpu(p, 'relay', 'redis', 'nginx', 'load generator')} |"
+                f"{_cpu(p, 'relay', 'redis', 'nginx', 'load generator')} | "
+                f"{row['rss_mb']:.0f} |"
             )
     return lines
 
@@ -139,6 +140,7 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
                 )
             )
     rss = [m for r in results["relay"] for m in r["rss_mb"]]
+    rss += [r["rss_mb"] for r in results.get("limits", [])]
     if rss:
         found.append(
             (

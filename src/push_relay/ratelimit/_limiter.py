@@ -17,7 +17,6 @@ from push_relay.logs import TokenHasher
 from push_relay.ratelimit._clients import ClientAddress
 from push_relay.ratelimit._gcra import ADMITTED, Rule, Verdict
 from push_relay.ratelimit._memory import MemoryStore
-from push_relay.ratelimit._redis import RedisStore
 from push_relay.request import GatewayTarget, PushRequest
 
 log = logging.getLogger("push_relay.limits")
@@ -27,9 +26,11 @@ CLOSED = Verdict("unavailable", 1)  # answered 503 when the store fails and fail
 
 
 class Store(Protocol):
-    shared: bool
+    shared: bool  # counted for every worker and instance (Redis), not in this process
 
     def check(self, client: str | None, target: str | None) -> Awaitable[Verdict]: ...
+
+    async def readiness(self) -> Readiness: ...
 
     async def aclose(self) -> None: ...
 
@@ -111,7 +112,7 @@ class RateLimiter:
 
     async def readiness(self) -> Readiness | None:
         """The shared store's state for `/ready`; None when limits are counted in-process."""
-        if not isinstance(self.store, RedisStore):
+        if not self.store.shared:
             return None
         state = await self.store.readiness()
         if state.ok:
@@ -137,6 +138,9 @@ def build_limiter(
     if config.redis_url is None:
         store = MemoryStore(client, token, clock)
     else:
+        # imported only when configured: redis-py costs ~20 MiB per worker
+        from push_relay.ratelimit._redis import RedisStore
+
         timeout = config.redis_timeout_ms / 1000
         store = RedisStore(config.redis_url, client, token, timeout=timeout, clock=clock)
     return RateLimiter(config, store, hasher, clock or time.monotonic)

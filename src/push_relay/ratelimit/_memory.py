@@ -7,6 +7,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
+from push_relay.backends import Readiness
 from push_relay.ratelimit._gcra import ADMITTED, MICROS, KeyedDigest, Rule, Verdict, retry_after
 
 Table = OrderedDict[bytes, int]
@@ -47,6 +48,9 @@ class MemoryStore:
             if wait:
                 return Verdict("token", retry_after(wait))
         return ADMITTED
+
+    async def readiness(self) -> Readiness:
+        return Readiness(True, "counted in this process")
 
     def __len__(self) -> int:
         """Keys remembered, over both scopes."""
