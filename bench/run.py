@@ -184,7 +184,7 @@ def relay_figures(
 
 
 def run_all(args: Any, stack: ExitStack) -> dict[str, Any]:
-    require_tools("nginx", "wrk", "ss")
+    require_tools("nginx", "wrk", "ss", *(["redis-server"] if "redis" in args.limits else []))
     workdir = Path(tempfile.mkdtemp(prefix="push-relay-bench-"))
     stack.callback(shutil.rmtree, workdir, True)
     ca = TestCA.create(workdir)
