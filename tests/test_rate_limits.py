@@ -602,7 +602,7 @@ async def test_redis_outage_while_pushes_flow(
         await asyncio.sleep(0.3)  # the store asks Redis again one timeout after a failure
         stop.set()
         flowed = await flowing
-        errors = sample(await scrape(relay.url), "push_relay_rate_limit_errors_total")
+        after = await scrape(relay.url)
         again = statuses([await relay.push(fcm_push("after-the-outage")) for _ in range(5)])
 
     answers = [answer for answer, _ in flowed]
@@ -621,7 +621,11 @@ async def test_redis_outage_while_pushes_flow(
         }
         assert 0 == during_outage
         assert 503 == ready.status
-    assert errors > sample(before, "push_relay_rate_limit_errors_total")
+    errors = "push_relay_rate_limit_errors_total"
+    assert sample(after, errors) > sample(before, errors)
+    closed = {"backend": "fcm", "outcome": "503", "reason": "limits_unavailable"}
+    refused = "push_relay_requests_total"
+    assert len(failed) == sample(after, refused, **closed) - sample(before, refused, **closed)
     warnings = [r for r in caplog.records if "rate-limit store (Redis) failed" in r.getMessage()]
     assert 1 == len(warnings)  # at most one every 10 s
     assert [204, 204, 204, 429, 429] == again
