@@ -19,6 +19,7 @@ from push_relay.address import Listener
 from push_relay.config import Config, ServerConfig
 from push_relay.errors import InvalidRequest
 from push_relay.health import ReadinessProbe, starting
+from push_relay.ratelimit import Verdict
 from push_relay.request import parse_form, validate
 from push_relay.runtime import Runtime
 
@@ -33,6 +34,7 @@ FORM_TYPE = b"application/x-www-form-urlencoded"
 TEXT = (b"content-type", b"text/plain")
 TEXT_UTF8 = (b"content-type", b"text/plain; charset=utf-8")
 PUSH_NOT_SUCCESSFUL = b"Push not successful"
+TOO_MANY_REQUESTS = b"Too many requests"
 CLOSE = (b"connection", b"close")
 METRICS_TYPE = (b"content-type", metrics.CONTENT_TYPE.encode())
 
@@ -64,6 +66,7 @@ class PushRelayApp:
         self._cors_origins = {o.encode() for o in self.server.cors_origins}
         # set by the server once the `[server] admin_listen` socket is bound
         self.admin: Listener | None = None
+        self._limits_fail_open = config.limits is None or config.limits.redis_fail_open
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -84,7 +87,12 @@ class PushRelayApp:
                     log.exception("start-up failed")
                     await send({"type": "lifespan.startup.failed", "message": str(err)})
                     return
-                self._probe = ReadinessProbe(self.runtime.relay, self.config.backend_names())
+                limiter = self.runtime.limiter
+                self._probe = ReadinessProbe(
+                    self.runtime.relay,
+                    self.config.backend_names(),
+                    limits=None if limiter is None else limiter.readiness,
+                )
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 self.start_draining()
@@ -166,6 +174,12 @@ class PushRelayApp:
         except InvalidRequest as err:
             await _respond(send, err.status, [TEXT_UTF8, *cors], err.body.encode())
             return
+        limiter = runtime.limiter
+        if limiter is not None:
+            verdict = await limiter.check(scope, push)
+            if verdict.refused is not None:
+                await _refuse(send, verdict, cors)
+                return
         try:
             outcome = await runtime.relay.push(push)
         except asyncio.CancelledError:
@@ -233,14 +247,33 @@ class PushRelayApp:
 
     async def _ready(self, send: Send) -> None:
         probe = self._probe
+        limits = None
         if probe is None:
             states = starting(self.config.backend_names())
         else:
             states = await probe.states()
+            limits = probe.limits_state
         ready = probe is not None and not self.draining and all(s.ok for s in states.values())
-        backends = {name: {"ok": s.ok, "detail": s.detail} for name, s in states.items()}
-        body = json.dumps({"ready": ready, "backends": backends}).encode()
+        report: dict[str, Any] = {
+            "ready": ready,
+            "backends": {name: {"ok": s.ok, "detail": s.detail} for name, s in states.items()},
+        }
+        if limits is not None:
+            # a shared store that is down keeps the relay from serving only when it fails closed
+            ready = ready and (limits.ok or self._limits_fail_open)
+            report["ready"] = ready
+            report["limits"] = {"ok": limits.ok, "detail": limits.detail}
+        body = json.dumps(report).encode()
         await _respond(send, 200 if ready else 503, [(b"content-type", b"application/json")], body)
+
+
+async def _refuse(send: Send, verdict: Verdict, cors: Headers) -> None:
+    """A push the rate limiter refused (429), or could not decide on with fail_open off (503)."""
+    retry_after = (b"retry-after", str(verdict.retry_after).encode())
+    if verdict.refused == "unavailable":
+        await _respond(send, 503, [TEXT, retry_after, *cors], PUSH_NOT_SUCCESSFUL)
+    else:
+        await _respond(send, 429, [TEXT_UTF8, retry_after, *cors], TOO_MANY_REQUESTS)
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
