@@ -27,6 +27,7 @@ import measure
 import procstats
 import report
 import upstream_connections
+from limits_rows import STORES, limits_figures
 from nginx_upstream import Nginx, require_tools, start_nginx
 from relay_process import RelayProcess, relay_config, start_relay, supports_workers
 from shapes import APNS_DEVICE_PATH, FCM_SEND_PATH, write_bodies
@@ -183,7 +184,7 @@ def relay_figures(
 
 
 def run_all(args: Any, stack: ExitStack) -> dict[str, Any]:
-    require_tools("nginx", "wrk", "ss")
+    require_tools("nginx", "wrk", "ss", *(["redis-server"] if "redis" in args.limits else []))
     workdir = Path(tempfile.mkdtemp(prefix="push-relay-bench-"))
     stack.callback(shutil.rmtree, workdir, True)
     ca = TestCA.create(workdir)
@@ -228,6 +229,12 @@ def run_all(args: Any, stack: ExitStack) -> dict[str, Any]:
             raise
         finally:
             relay.stop()
+    results["limits"] = []
+    for store in args.limits:
+        print(f"relay with limits counted in {store} ...", file=sys.stderr, flush=True)
+        base = relay_config(nginx, workdir, tuple(args.paths))
+        figures = limits_figures(store, nginx, bodies, base, workdir, env, args, stack)
+        results["limits"].append(figures)
     return results
 
 
@@ -239,9 +246,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per measurement")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections")
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--workers", type=int, nargs="*", default=[1, 2], help="none: skip")
     parser.add_argument("--paths", nargs="+", choices=ALL_PATHS, default=list(ALL_PATHS))
     parser.add_argument("--no-ceilings", action="store_true", help="measure the relay only")
+    parser.add_argument(
+        "--limits",
+        nargs="*",
+        choices=STORES,
+        default=list(STORES),
+        help="also measure one worker with [limits] counted in these stores (none: skip)",
+    )
     parser.add_argument("--load-fraction", type=float, default=0.5, help="of peak, for latency")
     parser.add_argument("--relay-log-level", default="info", help="the relay's --log-level")
     parser.add_argument("--time-limit", type=int, default=290, help="seconds for everything")

@@ -9,6 +9,7 @@ packages=(
   nginx wrk iproute2          # make bench: upstream, load generator, ss
   chromium chromium-driver    # a real browser calls the relay as Threema Web does
   redis-server nghttp2-server nghttp2-proxy h2o apache2 haproxy   # real servers and proxies
+  curl                        # the sandbox test pastes its printed commands into a shell
 )
 
 missing=()

@@ -15,8 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
 from push_relay.testing.ca import TestCA
+from push_relay.testing.redis_server import RedisServer
 from push_relay.testing.relay import RelayStarter
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -24,6 +26,7 @@ sys.path.insert(0, str(BENCH))
 # the benchmark's modules live beside its scripts, not in the package
 import measure  # noqa: E402
 import shapes  # noqa: E402
+from limits_rows import limits_config  # noqa: E402
 from nginx_upstream import Nginx, require_tools, start_nginx  # noqa: E402
 from relay_process import relay_config  # noqa: E402
 
@@ -105,3 +108,28 @@ async def test_fixed_rate_load_is_all_answered_204_on_the_apns_path(
     assert 0 == result["unanswered"]
     assert 0 == result["lost_connections"]
     assert measure.all_expected(result)
+
+
+async def test_the_limits_rows_relay_everything_and_count_in_redis(
+    start_relay: RelayStarter, nginx: Nginx, tmp_path: Path
+) -> None:
+    """The bench's `[limits]` are on (every push checked in Redis) and refuse nothing."""
+    bodies = shapes.write_bodies(tmp_path / "fcm.txt", "fcm", 100)
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    try:
+        toml = limits_config(relay_config(nginx, tmp_path, ("fcm",)), redis)
+        async with start_relay(toml) as relay:
+            command = measure.wrk_command(
+                relay.url + "/push", bodies, expect=204, duration=1, connections=8
+            )
+            result = await _run_tool(command)
+        client = Redis.from_url(redis.url)
+        calls = (await client.info("commandstats"))["cmdstat_evalsha"]["calls"]
+        await client.aclose()
+    finally:
+        redis.stop()
+
+    assert measure.all_expected(result)
+    assert 0 == result["unexpected_status"]
+    assert 0 < calls <= result["requests"]  # batched: at most one script call per push

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -53,6 +54,11 @@ def printed_status(comment: str) -> int:
     for the examples under "each answers 204"."""
     match = FAILURE_STATUS.search(comment)
     return int(match["status"]) if match else 204
+
+
+RATE_LIMIT_LOOP = re.compile(
+    r"^for i in [\d ]+; do curl .*?; echo; done$", re.MULTILINE | re.DOTALL
+)
 
 
 def simulated_types() -> set[str]:
@@ -163,6 +169,34 @@ def test_without_the_sandbox_extra_it_says_what_to_install() -> None:
         "push-relay sandbox: the simulators need h2, which is not installed: "
         "pip install 'push-relay[sandbox]'"
     ] == done.stderr.splitlines()
+
+
+async def test_the_rate_limit_example_ends_with_a_429() -> None:
+    """The printed loop, pasted into a shell as it is: its last push is refused."""
+    if shutil.which("curl") is None:
+        raise AssertionError("curl is not installed: apt-get install curl")
+    process = await start_sandbox(f"127.0.0.1:{free_port()}")
+    assert process.stdout is not None
+    try:
+        banner = await read_banner(process.stdout)
+        [loop] = RATE_LIMIT_LOOP.findall(banner)
+        shell = await asyncio.create_subprocess_exec(
+            "bash", "-c", loop, stdout=asyncio.subprocess.PIPE
+        )
+        async with asyncio.timeout(30):
+            output, _ = await shell.communicate()
+    finally:
+        process.send_signal(signal.SIGINT)
+        async with asyncio.timeout(30):
+            await process.wait()
+    responses = output.decode().split("HTTP/1.1 ")[1:]
+    assert 6 == len(responses)
+    assert responses[0].startswith("204 ")
+    last = responses[-1]
+    assert last.startswith("429 ")
+    assert "retry-after: " in last.lower()
+    assert last.rstrip().endswith("Too many requests")
+    assert "# Rate limit" in banner
 
 
 @pytest.mark.parametrize("listen", ["127.0.0.1", "127.0.0.1:99999"])

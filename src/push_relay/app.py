@@ -19,6 +19,7 @@ from push_relay.address import Listener
 from push_relay.config import Config, ServerConfig
 from push_relay.errors import InvalidRequest
 from push_relay.health import ReadinessProbe, starting
+from push_relay.ratelimit import Verdict
 from push_relay.request import parse_form, validate
 from push_relay.runtime import Runtime, RuntimeFactory, runtimes_sharing_tokens
 
@@ -33,6 +34,7 @@ FORM_TYPE = b"application/x-www-form-urlencoded"
 TEXT = (b"content-type", b"text/plain")
 TEXT_UTF8 = (b"content-type", b"text/plain; charset=utf-8")
 PUSH_NOT_SUCCESSFUL = b"Push not successful"
+TOO_MANY_REQUESTS = b"Too many requests"
 CLOSE = (b"connection", b"close")
 METRICS_TYPE = (b"content-type", metrics.CONTENT_TYPE.encode())
 
@@ -68,6 +70,7 @@ class PushRelayApp:
         self.server: ServerConfig = config.server
         self._cors_any = "*" in self.server.cors_origins
         self._cors_origins = {o.encode() for o in self.server.cors_origins}
+        self._limits_fail_open = config.limits is None or config.limits.redis_fail_open
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -88,7 +91,7 @@ class PushRelayApp:
                     log.exception("start-up failed")
                     await send({"type": "lifespan.startup.failed", "message": str(err)})
                     return
-                self._probe = ReadinessProbe(self.runtime.relay, self.config.backend_names())
+                self._probe = _probe(self.runtime)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 self.start_draining()
@@ -104,9 +107,12 @@ class PushRelayApp:
         is built, then swapped in at once; pushes in flight finish on the old one, which then
         closes its connections. A section the backends refuse raises, and nothing changes."""
         runtime = await self._runtime_factory(config)
-        old, self.runtime = self.runtime, runtime
+        old = self.runtime
+        if old is not None and old.config.limits == config.limits:
+            await runtime.keep_limiter(old)  # the counts go on: a reload frees no one
+        self.runtime = runtime
         self._set_config(config)
-        self._probe = ReadinessProbe(runtime.relay, config.backend_names())
+        self._probe = _probe(runtime)
         if old is not None:
             task = asyncio.get_running_loop().create_task(old.stop())
             self._retiring.add(task)
@@ -185,6 +191,12 @@ class PushRelayApp:
         except InvalidRequest as err:
             await _respond(send, err.status, [TEXT_UTF8, *cors], err.body.encode())
             return
+        limiter = runtime.limiter
+        if limiter is not None:
+            verdict = await limiter.check(scope, push)
+            if verdict.refused is not None:
+                await _refuse(send, verdict, cors)
+                return
         try:
             outcome = await runtime.relay.push(push)
         except asyncio.CancelledError:
@@ -252,14 +264,39 @@ class PushRelayApp:
 
     async def _ready(self, send: Send) -> None:
         probe = self._probe
+        limits = None
         if probe is None:
             states = starting(self.config.backend_names())
         else:
             states = await probe.states()
+            limits = probe.limits_state
         ready = probe is not None and not self.draining and all(s.ok for s in states.values())
-        backends = {name: {"ok": s.ok, "detail": s.detail} for name, s in states.items()}
-        body = json.dumps({"ready": ready, "backends": backends}).encode()
+        report: dict[str, Any] = {
+            "ready": ready,
+            "backends": {name: {"ok": s.ok, "detail": s.detail} for name, s in states.items()},
+        }
+        if limits is not None:
+            # a shared store that is down keeps the relay from serving only when it fails closed
+            ready = ready and (limits.ok or self._limits_fail_open)
+            report["ready"] = ready
+            report["limits"] = {"ok": limits.ok, "detail": limits.detail}
+        body = json.dumps(report).encode()
         await _respond(send, 200 if ready else 503, [(b"content-type", b"application/json")], body)
+
+
+async def _refuse(send: Send, verdict: Verdict, cors: Headers) -> None:
+    """A push the rate limiter refused (429), or could not decide on with fail_open off (503)."""
+    retry_after = (b"retry-after", str(verdict.retry_after).encode())
+    if verdict.refused == "unavailable":
+        await _respond(send, 503, [TEXT, retry_after, *cors], PUSH_NOT_SUCCESSFUL)
+    else:
+        await _respond(send, 429, [TEXT_UTF8, retry_after, *cors], TOO_MANY_REQUESTS)
+
+
+def _probe(runtime: Runtime) -> ReadinessProbe:
+    limiter = runtime.limiter
+    limits = None if limiter is None else limiter.readiness
+    return ReadinessProbe(runtime.relay, runtime.config.backend_names(), limits=limits)
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

@@ -248,5 +248,7 @@ def summarize(cfg: config.Config) -> str:
         lines.append(f"  influxdb: {cfg.influxdb.connection_string} db {cfg.influxdb.db}")
     if len(lines) == 1:
         lines.append("  no push backend configured: every push will fail with 400")
+    if cfg.limits:
+        lines.append(f"  limits: {cfg.limits.describe()}")
     lines.extend(f"  warning: {w}" for w in cfg.warnings)
     return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""Readiness: can every configured backend authenticate right now?
+"""Readiness: can every configured backend authenticate right now (and, with a shared
+rate-limit store, does it answer)?
 
 Checks may cost an upstream round trip (an OAuth token fetch), so results are cached for a
 few seconds and concurrent `/ready` requests share one check; each backend's check is bounded
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from push_relay.backends import Readiness
 from push_relay.relay import Relay
@@ -29,8 +30,11 @@ class ReadinessProbe:
         cache_secs: float = CACHE_SECS,
         timeout: float = CHECK_TIMEOUT_SECS,
         clock: Callable[[], float] = time.monotonic,
+        limits: Callable[[], Awaitable[Readiness | None]] | None = None,
     ) -> None:
         self.relay = relay
+        self.limits = limits
+        self.limits_state: Readiness | None = None  # as of the last check
         self.names = list(names)  # e.g. fcm, apns, hms:<app>, threemagateway
         self.cache_secs = cache_secs
         self.timeout = timeout
@@ -49,7 +53,12 @@ class ReadinessProbe:
 
     async def _check(self) -> dict[str, Readiness]:
         try:
-            reported = await self.relay.check_ready(self.timeout)
+            if self.limits is None:
+                reported = await self.relay.check_ready(self.timeout)
+            else:
+                reported, self.limits_state = await asyncio.gather(
+                    self.relay.check_ready(self.timeout), self.limits()
+                )
             states = {name: _state_of(name, reported) for name in self.names}
             self._cached, self._cached_at = states, self.clock()
             return states

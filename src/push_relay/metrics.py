@@ -59,6 +59,17 @@ INFLUXDB_DROPPED = Counter(
     "push_relay_influxdb_dropped",
     "Points dropped because InfluxDB could not keep up or was unreachable.",
 )
+RATE_LIMITED = Counter(
+    "push_relay_rate_limited",
+    "Pushes refused with 429 by a rate limit, by scope (token: device target, client: address).",
+    ["scope"],
+)
+RATE_LIMIT_ERRORS = Counter(
+    "push_relay_rate_limit_errors",
+    "Calls to the shared rate-limit store (Redis) that failed or timed out.",
+)
+for _scope in ("token", "client"):
+    RATE_LIMITED.labels(_scope)
 
 
 def auth_refreshed(backend: str, ok: bool) -> None:

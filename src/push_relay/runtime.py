@@ -12,6 +12,7 @@ from push_relay.backends import Clients, build_backends
 from push_relay.config import Config
 from push_relay.influxdb import InfluxSink
 from push_relay.logs import TokenHasher
+from push_relay.ratelimit import RateLimiter, build_limiter
 from push_relay.relay import PushObserver, Relay
 
 log = logging.getLogger("push_relay")
@@ -27,6 +28,7 @@ class Runtime:
     clients: Clients
     relay: Relay
     observers: list[PushObserver] = field(default_factory=list)
+    limiter: RateLimiter | None = None  # None: no `[limits]`, nothing to consult per push
 
     @classmethod
     async def start(cls, config: Config, clients: Clients | None = None) -> Runtime:
@@ -42,11 +44,21 @@ class Runtime:
             hasher=TokenHasher(config.server.log_hash_key),
             max_in_flight=config.server.max_in_flight,
         )
-        runtime = cls(config, clients, relay, observers)
+        limiter = None
+        if config.limits is not None and config.limits.active:
+            limiter = build_limiter(config.limits, relay.hasher, clients.rate_clock)
+        runtime = cls(config, clients, relay, observers, limiter)
         if influx is not None:
             influx.start()  # writes in the background: InfluxDB being down never blocks start-up
         log.info("backends configured: %s", ", ".join(config.backend_names()) or "none")
         return runtime
+
+    async def keep_limiter(self, old: Runtime) -> None:
+        """Take over `old`'s rate limiter, and so its counts, in place of this one's (a
+        reload that left `[limits]` unchanged)."""
+        if self.limiter is not None:
+            await self.limiter.aclose()
+        self.limiter, old.limiter = old.limiter, None
 
     async def stop(self) -> None:
         """Let in-flight pushes finish (bounded by the grace period), then close everything."""
@@ -56,6 +68,8 @@ class Runtime:
                 "shutdown: %d pushes still in flight after %.0f s", self.relay.in_flight, grace
             )
         await self.relay.aclose()
+        if self.limiter is not None:
+            await self.limiter.aclose()
         for observer in self.observers:
             if isinstance(observer, InfluxSink):
                 await observer.stop(INFLUX_FLUSH_SECS)

@@ -25,6 +25,10 @@ from push_relay.testing.ca import TestCA
 
 log = logging.getLogger("push_relay.sandbox")
 
+# generous enough for trying every example by hand, small enough to show a 429 in six pushes
+LIMITS_TOML = "[limits]\ntoken_per_minute = 12\ntoken_burst = 5\n"
+BURST = 5
+
 
 @dataclass(frozen=True, slots=True)
 class Example:
@@ -87,7 +91,7 @@ async def run(host: str, port: int, stop: asyncio.Event | None = None) -> None:
         for start in starters():
             parts.append(await start(ca, workdir))
         config_file = workdir / "config.toml"
-        config_file.write_text("\n".join(p.config_toml for p in parts) or "[server]\n")
+        config_file.write_text("\n".join([*(p.config_toml for p in parts), LIMITS_TOML]))
         cfg = config.load(config_file)
         server = await serve_async(PushRelayApp(cfg), host, port)
         address = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
@@ -126,8 +130,24 @@ def banner(address: str, parts: list[SandboxPart], config_file: Path) -> str:
         lines += [comment, curl_command(address, example.body), ""]
     if not parts:
         lines.append("(no simulated backends available)")
+    else:
+        lines += rate_limit_example(address, parts[0].examples[0].body)
     lines.append("Stop with Ctrl-C.")
     return "\n".join(lines)
+
+
+def rate_limit_example(address: str, body: str) -> list[str]:
+    """The first example's device pushed once more than its burst: the last is answered 429."""
+    count = BURST + 1
+    loop = " ".join(str(i) for i in range(1, count + 1))
+    return [
+        f"# Rate limit ([limits] token_per_minute = 12, token_burst = {BURST}): the first "
+        f"example's device, {count} times in a row;",
+        f"# at most {BURST} are delivered at once, so the last is answered 429 Too many requests "
+        "with Retry-After (seconds)",
+        f"for i in {loop}; do {curl_command(address, body)}; echo; done",
+        "",
+    ]
 
 
 def _check_free(host: str, port: int) -> None:

@@ -272,7 +272,9 @@ def uvicorn_config(app: PushRelayApp, host: str, port: int) -> uvicorn.Config:
         log_config=None,
         access_log=False,
         server_header=False,
-        proxy_headers=False,  # nothing reads the client address; skip X-Forwarded-* per request
+        # the client address matters only to [limits], which trusts X-Forwarded-For from its
+        # own trusted_proxies alone; skip uvicorn's per-request X-Forwarded-* handling
+        proxy_headers=False,
         timeout_keep_alive=5,
         timeout_graceful_shutdown=max(1, round(server.shutdown_grace_secs)),
     )

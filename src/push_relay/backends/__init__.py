@@ -82,10 +82,12 @@ class Clients:
     and the clock.
 
     Tests pass their own clock and backoff base so that retries run in milliseconds; the
-    token cache follows the same clock.
+    token cache follows the same clock. `rate_clock` replaces the rate limiter's own clock
+    (monotonic in-process, the server's with Redis) so tests can refill without sleeping.
     """
 
     clock: Callable[[], float] = time.time
+    rate_clock: Callable[[], float] | None = None
     backoff_base: float = 1.0  # seconds; FCM waits backoff_base * 2^n between retries
     ssl_context: ssl.SSLContext = field(default_factory=tls.client_context)
     h2_ssl_context: ssl.SSLContext = field(default_factory=lambda: tls.client_context(["h2"]))

@@ -4,8 +4,8 @@ Every section is optional. A defect (missing file, bad TOML, a wrong type, a mis
 key, an unreadable key file) raises `ConfigError` naming the file and the key; unknown keys
 only produce warnings, so a typo is noticed without taking the relay down.
 
-One module per section (`server`, `fcm`, `apns`, `hms`, `gateway`, `influxdb`), each with its
-dataclass and its reader; `_reader.Reader` holds the typed access they share.
+One module per section (`server`, `fcm`, `apns`, `hms`, `gateway`, `influxdb`, `limits`), each
+with its dataclass and its reader; `_reader.Reader` holds the typed access they share.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from push_relay.config.fcm import FCM_ENDPOINT, FcmConfig, ServiceAccount, read_
 from push_relay.config.gateway import GatewayConfig, read_gateway
 from push_relay.config.hms import HMS_LOGIN_ENDPOINT, HMS_PUSH_ENDPOINT, HmsConfig, read_hms
 from push_relay.config.influxdb import InfluxConfig, read_influx
+from push_relay.config.limits import LimitsConfig, read_limits
 from push_relay.config.server import ServerConfig, read_server
 from push_relay.errors import ConfigError
 
@@ -42,13 +43,14 @@ __all__ = [
     "GatewayConfig",
     "HmsConfig",
     "InfluxConfig",
+    "LimitsConfig",
     "ServerConfig",
     "ServiceAccount",
     "load",
     "load_signing_key",
 ]
 
-_SECTIONS = {"server", "fcm", "apns", "hms", "threema_gateway", "influxdb"}
+_SECTIONS = {"server", "fcm", "apns", "hms", "threema_gateway", "influxdb", "limits"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +62,7 @@ class Config:
     hms: dict[str, HmsConfig] = field(default_factory=dict)
     threema_gateway: GatewayConfig | None = None
     influxdb: InfluxConfig | None = None
+    limits: LimitsConfig | None = None
     warnings: tuple[str, ...] = ()
 
     def backend_names(self) -> list[str]:
@@ -111,5 +114,6 @@ def _build(r: Reader, data: dict[str, Any]) -> Config:
         hms={app: read_hms(r, app, r.table(hms, app, "hms")) for app in hms or {}},
         threema_gateway=r.optional(data, "threema_gateway", read_gateway),
         influxdb=r.optional(data, "influxdb", read_influx),
+        limits=r.optional(data, "limits", read_limits),
         warnings=tuple(r.warnings),
     )
