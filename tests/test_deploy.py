@@ -449,6 +449,7 @@ def test_the_dashboard_shows_pushes_latency_load_and_statistics() -> None:
         "push_relay_requests_total",
         "push_relay_upstream_seconds_bucket",
         "push_relay_in_flight",
+        "push_relay_rate_limited_total",
         "push_relay_influxdb_queue_depth",
     } <= shown
 

@@ -1,5 +1,6 @@
 """A fleet: three relay instances (own processes, own ports) behind a real HAProxy, configured
-by deploy/haproxy/push-relay.cfg. Pushes spread over all three, an instance stopped under
+by deploy/haproxy/push-relay.cfg, counting rate limits in one real `redis-server`. Pushes
+spread over all three, a device's limit holds exactly across them, an instance stopped under
 load loses no push, and a reload rolled across the fleet fails none."""
 
 from __future__ import annotations
@@ -9,18 +10,20 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from helpers import wait_until
 from push_relay.testing.ca import TestCA
 from push_relay.testing.hms_sim import HmsSimulator
 from push_relay.testing.ports import free_port
 from push_relay.testing.process import GatewayRig, RelayProcess, start_gateway
+from push_relay.testing.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "deploy" / "haproxy" / "push-relay.cfg"
@@ -28,6 +31,8 @@ FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 INSTANCES = 3
 PACE_SECS = 0.01  # between two pushes of one client: a steady load, not a benchmark
 HMS_APP = "104477777"
+# limits generous enough for the load tests; behind HAProxy every test client is 127.0.0.1
+GENEROUS_LIMITS = "token_per_minute = 60000\ntoken_burst = 10000\nclient_per_minute = 60000\n"
 
 
 def require(binary: str, package: str) -> str:
@@ -75,11 +80,29 @@ async def gateway_rig(test_ca: TestCA, tmp_path: Path) -> AsyncIterator[GatewayR
 
 
 @pytest.fixture
-async def fleet(gateway_rig: GatewayRig, test_ca: TestCA, tmp_path: Path) -> AsyncIterator[Fleet]:
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def limits() -> str:
+    """The `[limits]` keys of the fleet besides Redis and the proxy (a test may override)."""
+    return GENEROUS_LIMITS
+
+
+@pytest.fixture
+async def fleet(
+    gateway_rig: GatewayRig, redis_server: RedisServer, limits: str, test_ca: TestCA, tmp_path: Path
+) -> AsyncIterator[Fleet]:
     haproxy = require("haproxy", "haproxy")
     config = tmp_path / "relay.toml"
     config.write_text(
-        '[server]\nshutdown_grace_secs = 5\nlog_hash_key = "fleet"\n\n' + gateway_rig.section
+        '[server]\nshutdown_grace_secs = 5\nlog_hash_key = "fleet"\n\n'
+        f'[limits]\n{limits}redis_url = "{redis_server.url}"\n'
+        'trusted_proxies = ["127.0.0.1/32"]\n\n' + gateway_rig.section
     )
     relays: list[RelayProcess] = []
     process: subprocess.Popen[bytes] | None = None
@@ -200,6 +223,41 @@ async def test_pushes_spread_over_every_instance(fleet: Fleet, gateway_rig: Gate
                 assert 204 == r.status
 
     assert [3] * INSTANCES == await relayed_by_each(fleet, 3 * INSTANCES)
+
+
+@pytest.mark.parametrize("limits", ["token_per_minute = 1\ntoken_burst = 5\n"])
+async def test_a_devices_limit_holds_exactly_across_the_fleet(
+    fleet: Fleet, gateway_rig: GatewayRig
+) -> None:
+    """Round robin sends the pushes of one device to every instance; one count in Redis
+    admits its burst of 5 and refuses the rest, whichever instance they reach."""
+    answers: list[tuple[int, str | None]] = []
+    async with fleet.client() as session:
+        for _ in range(15):
+            form = gateway_rig.push()
+            async with session.post(fleet.url + "/push", data=form, headers=FORM) as r:
+                await r.read()
+                answers.append((r.status, r.headers.get("Retry-After")))
+        answered = [await outcomes(session, relay) for relay in fleet.relays]
+
+    assert [(204, None)] * 5 == answers[:5]
+    assert {429} == {status for status, _ in answers[5:]}
+    assert all(int(after or 0) >= 1 for _, after in answers[5:])
+    assert 5 == len(gateway_rig.simulator.deliveries)
+    assert all(counts["429"] > 0 for counts in answered)  # every instance refused some
+    assert 5 == sum(counts["204"] for counts in answered)
+
+
+async def outcomes(session: aiohttp.ClientSession, relay: RelayProcess) -> dict[str, float]:
+    """The instance's own answers to gateway pushes, by status (its /metrics, not HAProxy's)."""
+    async with session.get(relay.url + "/metrics") as response:
+        text = await response.text()
+    counts = {"204": 0.0, "429": 0.0}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "push_relay_requests_total" and sample.labels["outcome"] in counts:
+                counts[sample.labels["outcome"]] += sample.value
+    return counts
 
 
 async def test_an_instance_stopped_under_load_loses_no_push(

@@ -361,3 +361,21 @@ async def status(session: aiohttp.ClientSession, url: str, method: str = "GET") 
     async with session.request(method, url, data=b"", headers=FORM) as response:
         await response.read()
         return response.status
+
+
+async def test_a_reload_frees_no_rate_limited_device(services: Services) -> None:
+    """[limits] unchanged: the running limiter, and its counts, serve on (one process; with
+    `--workers N` the counts survive a reload when they are kept in Redis)."""
+    limits = "[limits]\ntoken_per_minute = 1\ntoken_burst = 3\n"
+    services.write(services.toml() + limits)
+    relay = await RelayProcess.start(services.config)
+    try:
+        before = [await push(relay, fcm_push()) for _ in range(3)]
+        services.write(services.toml(hms_apps=(HMS_APP, NEW_HMS_APP)) + limits)
+        line = await reloaded(relay)
+        after = await push(relay, fcm_push())
+    finally:
+        assert 0 == await relay.stop()
+
+    assert "limits" not in line
+    assert ([204] * 3, 429) == (before, after)
