@@ -106,14 +106,22 @@ http {{
 
 
 @pytest.fixture
-async def two_relays(gateway: GatewayRig, tmp_path: Path) -> AsyncIterator[list[RelayProcess]]:
+def limits() -> str:
+    """The relays' `[limits]` besides `trusted_proxies` (a test may override)."""
+    return ""
+
+
+@pytest.fixture
+async def two_relays(
+    gateway: GatewayRig, limits: str, tmp_path: Path
+) -> AsyncIterator[list[RelayProcess]]:
     relays: list[RelayProcess] = []
     try:
         for name in ("one", "two"):
             config = tmp_path / f"relay-{name}.toml"
             config.write_text(
                 "[server]\nshutdown_grace_secs = 5\n\n"
-                '[limits]\ntrusted_proxies = ["127.0.0.1/32"]\n\n' + gateway.section
+                f'[limits]\n{limits}trusted_proxies = ["127.0.0.1/32"]\n\n' + gateway.section
             )
             relays.append(await RelayProcess.start(config))
         yield relays
@@ -196,6 +204,22 @@ async def test_nginx_terminates_tls_and_spreads_pushes_over_both_relays(
     assert [204] * 8 == [status for status, _ in answers]
     assert all(h.get("access-control-allow-origin") == "*" for _, h in answers)
     assert all("outcome=204" in relay.logs() for relay in two_relays)
+
+
+# no Redis: each relay counts alone; round robin brings each three pushes, its burst admits two
+@pytest.mark.parametrize("limits", ["client_per_minute = 1\nclient_burst = 2\n"])
+async def test_nginx_replaces_a_clients_own_x_forwarded_for(
+    nginx: Nginx, two_relays: list[RelayProcess], gateway: GatewayRig, test_ca: TestCA
+) -> None:
+    """Pushes claiming to come from other addresses are all counted as the one client nginx
+    saw, so nobody escapes the per-client limit by writing the header themselves."""
+    form = "&".join(f"{k}={v}" for k, v in gateway.push().items())
+    statuses = []
+    for n in range(6):  # round robin: three per relay
+        headers = {"Content-Type": BROWSER_FORM, "X-Forwarded-For": f"198.51.100.{n}"}
+        statuses.append((await request(nginx, test_ca, "POST", "/push", form, **headers))[0])
+
+    assert [204, 204, 204, 204, 429, 429] == statuses
 
 
 async def test_nginx_passes_the_cors_preflight(nginx: Nginx, test_ca: TestCA) -> None:
