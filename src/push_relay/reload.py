@@ -1,7 +1,8 @@
 """Reload on SIGHUP: read and check the config again, then serve new pushes with it.
 
 - **Check.** The file is read and every backend is built from it, exactly as at start-up
-  (`load_checked`). A defect is one error line naming the file and key; the relay keeps
+  (one process builds its new runtime; the supervisor and `push-relay reload -c` call
+  `load_checked`). A defect is one error line naming the file and key; the relay keeps
   serving with the config it has, and nothing else happens.
 - **One process.** The app builds a new `Runtime` (backends, upstream clients, sinks) and swaps
   it in at once; pushes in flight finish on the old runtime, whose connections are then closed
@@ -32,6 +33,7 @@ if TYPE_CHECKING:  # the supervisor uses this module without loading the app
 log = logging.getLogger("push_relay")
 
 _NOT_SECTIONS = {"path", "warnings"}
+REFUSED = "reload refused, the previous config still serves"
 
 
 def load_checked(path: str) -> Config:
@@ -141,10 +143,6 @@ class Reloader:
             return
         self._task = asyncio.get_running_loop().create_task(self._run())
 
-    async def wait(self) -> None:
-        if self._task is not None:
-            await self._task
-
     async def _run(self) -> None:
         self._again = True
         while self._again:
@@ -162,12 +160,10 @@ class Reloader:
             new = keep_hash_key(old, config.load(old.path))
             await self.app.use_config(new)
         except ConfigError as err:
-            log.error("reload refused, previous config still serves: config error: %s", err)
+            log.error("%s: config error: %s", REFUSED, err)
             return False
         except Exception as err:  # a backend refused its section: one line, as at start-up
-            log.error(
-                "reload refused, previous config still serves: config error: %s: %s", old.path, err
-            )
+            log.error("%s: config error: %s: %s", REFUSED, old.path, err)
             return False
         for warning in new.warnings:
             log.warning("%s", warning)

@@ -189,7 +189,7 @@ class Supervisor:
         try:
             new = reload.keep_hash_key(self.config, reload.load_checked(self.config.path))
         except ConfigError as err:
-            log.error("reload refused, the workers keep the previous config: %s", err)
+            log.error("%s: config error: %s", reload.REFUSED, err)
             return
         for warning in new.warnings:
             log.warning("%s", warning)
