@@ -2,8 +2,9 @@
 
 For each slot in turn: a new worker is forked with the new config and serves the slot's
 listening socket (which the supervisor keeps open, so it never stops listening); once the new
-worker reports that it serves, its predecessor is told to drain (SIGTERM) and the next slot
-waits until the predecessor has exited. At any moment every slot has a worker accepting
+worker reports that it serves, its predecessor is told to drain (`RETIRE_SIGNAL`: as SIGTERM,
+but a kept-alive client gets a moment for a request it is sending) and the next slot waits
+until the predecessor has exited. At any moment every slot has a worker accepting
 connections, and the relay runs at most N + 1 workers.
 """
 
@@ -17,6 +18,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from push_relay.config import Config
+
+# tells a worker to drain because a successor serves its socket (`push_relay.server`)
+RETIRE_SIGNAL = signal.SIGUSR2
 
 
 class Workers(Protocol):
@@ -114,7 +118,7 @@ class Rollout:
             del workers[pid]
             self.retiring.add(pid)
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, RETIRE_SIGNAL)
         return old
 
     def _forget(self, pid: int) -> None:

@@ -24,6 +24,7 @@ from push_relay.address import ListenAddressError, Listener, listening_sockets, 
 from push_relay.app import PushRelayApp
 from push_relay.config import ServerConfig
 from push_relay.reload import Reloader
+from push_relay.rollout import RETIRE_SIGNAL
 
 __all__ = ["EmbeddedServer", "ListenAddressError", "RelayServer", "parse_listen", "serve"]
 
@@ -44,8 +45,9 @@ HEAD_TOO_LARGE_ANSWER = _closing_answer(
 )
 TOO_MANY_CONNECTIONS_ANSWER = _closing_answer(b"503 Service Unavailable", b"Too many connections")
 LINGER_SECS = 2.0  # how long a refused client may go on sending before it is cut off
-# draining: how long a connection between two requests stays open for its client's next request
-DRAIN_IDLE_SECS = 1.0
+# a worker replaced by a reload: how long a connection between two requests stays open for
+# the request its client may be sending right now
+RETIRE_IDLE_SECS = 1.0
 
 
 class SlowClientProtocol(HttpToolsProtocol):
@@ -73,6 +75,7 @@ class SlowClientProtocol(HttpToolsProtocol):
     max_headers = 100
     max_connections = 10_000
     admin: Listener | None = None  # its connections are not counted against the limit
+    _idle_grace = 0.0  # set when the worker retires (see `shutdown`)
     _draining = False
     _timer: asyncio.TimerHandle | None = None
     _deadline = 0.0
@@ -204,19 +207,28 @@ class SlowClientProtocol(HttpToolsProtocol):
         self._disarm()
         super().connection_lost(exc)
 
+    def keep_idle_for(self, seconds: float) -> None:
+        """Let `shutdown` give a connection between two requests `seconds` to bring one."""
+        self._idle_grace = seconds
+
     def shutdown(self) -> None:
-        """Drain this connection without resetting a request the client is sending.
+        """Drain this connection; when a successor serves, without resetting a request the
+        client is sending.
 
         uvicorn closes a connection between two requests at once, so a client that has just
-        sent its next request on it (an HTTP/1.1 race) sees a reset, not an answer. Instead it
-        gets `DRAIN_IDLE_SECS` for that request, whose answer then says `Connection: close`;
+        sent its next request on it (an HTTP/1.1 race) sees a reset, not an answer. That is
+        fine when the relay stops, not when a reload replaces this worker: then the client
+        gets `_idle_grace` seconds for that request, whose answer says `Connection: close`;
         a connection idle for that long is closed, as the keep-alive timeout would.
         """
+        if not self._idle_grace:
+            super().shutdown()
+            return
         self._draining = True
         if self.cycle is None or self.cycle.response_complete:
             self._unset_keepalive_if_required()
             self.timeout_keep_alive_task = self.loop.call_later(
-                DRAIN_IDLE_SECS, self.timeout_keep_alive_handler
+                self._idle_grace, self.timeout_keep_alive_handler
             )
         else:
             self.cycle.keep_alive = False
@@ -284,7 +296,9 @@ class RelayServer(uvicorn.Server):
     """A uvicorn server that drains on SIGTERM/SIGINT and then returns normally (exit 0).
 
     uvicorn's own handling re-raises the signal after shutdown, so the process would die of
-    SIGTERM instead of exiting 0; a second SIGINT still forces the exit.
+    SIGTERM instead of exiting 0; a second SIGINT still forces the exit. `RETIRE_SIGNAL`
+    drains as SIGTERM does, but keeps connections between two requests open a moment for a
+    request already on its way (a reload's successor serves the socket).
     """
 
     def __init__(
@@ -299,19 +313,27 @@ class RelayServer(uvicorn.Server):
         self.app = app
         self.reloader = reloader
         self.on_started = on_started
+        self.retiring = False
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, RETIRE_SIGNAL):
             loop.add_signal_handler(sig, self._on_signal, sig)
         if self.reloader is not None:
             loop.add_signal_handler(signal.SIGHUP, self.reloader.request)
         try:
             yield
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            for sig in (signal.SIGTERM, signal.SIGINT, RETIRE_SIGNAL, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.retiring:
+            for connection in self.server_state.connections:
+                if isinstance(connection, SlowClientProtocol):
+                    connection.keep_idle_for(RETIRE_IDLE_SECS)
+        await super().shutdown(sockets)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
@@ -328,6 +350,7 @@ class RelayServer(uvicorn.Server):
             self.force_exit = True
             return
         log.info("received %s: draining", sig.name)
+        self.retiring = self.retiring or sig == RETIRE_SIGNAL
         self.app.start_draining()
         self.should_exit = True
 
