@@ -297,6 +297,8 @@ async def test_other_methods_405(relay: RunningRelay, method: str) -> None:
     answer = await relay.request(method, "/push")
     assert (answer.status, answer.text) == (405, "")
     assert "POST" in answer.headers["allow"]
+    # CORS headers on every /push answer, this one too
+    assert "*" == answer.headers["access-control-allow-origin"]
 
 
 async def test_body_over_4_kib_is_413(relay: RunningRelay) -> None:

@@ -121,7 +121,9 @@ class PushRelayApp:
             elif method == "OPTIONS":
                 await self._preflight(scope, send)
             else:
-                await _respond(send, 405, [(b"allow", b"POST, OPTIONS")])
+                # a /push answer like any other: CORS lets a page read why it was refused
+                allow = (b"allow", b"POST, OPTIONS")
+                await _respond(send, 405, [allow, *self._cors_headers(scope)])
         elif path == "/health" and method in ("GET", "HEAD"):
             await _respond(send, 200, [TEXT, self._worker], b"ok")
         elif path == "/ready" and method in ("GET", "HEAD"):
