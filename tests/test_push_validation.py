@@ -358,6 +358,25 @@ async def test_foreign_origin_is_refused_403_when_origins_are_restricted(
     assert "access-control-allow-origin" not in answer.headers
 
 
+async def test_preflight_from_a_foreign_origin_is_refused_403_when_origins_are_restricted(
+    start_relay: RelayStarter,
+) -> None:
+    preflight = {"Access-Control-Request-Method": "POST"}
+    async with start_relay(RESTRICTED) as relay:
+        foreign = await relay.request(
+            "OPTIONS", "/push", headers={**preflight, "Origin": "https://evil.example"}
+        )
+        listed = await relay.request(
+            "OPTIONS", "/push", headers={**preflight, "Origin": "https://web.threema.ch"}
+        )
+    assert (403, "Origin not allowed") == (foreign.status, foreign.text)
+    assert "text/plain; charset=utf-8" == foreign.headers["content-type"]
+    assert not [name for name in foreign.headers if name.startswith("access-control-")]
+    assert 204 == listed.status
+    assert "https://web.threema.ch" == listed.headers["access-control-allow-origin"]
+    assert "POST" == listed.headers["access-control-allow-methods"]
+
+
 @pytest.mark.parametrize(
     ("body", "content_type", "expected"),
     [

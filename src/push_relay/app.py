@@ -237,6 +237,11 @@ class PushRelayApp:
         return origin is None or origin in self._cors_origins
 
     async def _preflight(self, scope: Scope, send: Send) -> None:
+        if not self._cors_any and not self._origin_allowed(scope):
+            # refused as the POST would be: no CORS grant at all, and the reason in plain text
+            vary = (b"vary", b"Origin")
+            await _respond(send, 403, [TEXT_UTF8, vary], b"Origin not allowed")
+            return
         headers = [
             *self._cors_headers(scope),
             (b"access-control-allow-methods", b"POST"),
