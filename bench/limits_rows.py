@@ -80,13 +80,7 @@ def limits_figures(
                 connections=args.connections,
                 groups=groups,
             )
-            requests = int(run.result["requests"])
-            paths[path] = {
-                "rate": measure.rate(run),
-                "ok": measure.all_expected(run.result),
-                "wrk": run.result,
-                "cpu_per_1k": {k: measure.per_thousand(v, requests) for k, v in run.cpu.items()},
-            }
+            paths[path] = measure.peak_entry(path, run)
         rss = procstats.rss_mb(relay.process.pid)
     finally:
         relay.stop()

@@ -135,3 +135,16 @@ def all_expected(result: dict[str, Any]) -> bool:
         and result["unexpected_status"] == 0
         and result["lost_connections"] == 0
     )
+
+
+def peak_entry(name: str, run: Measured) -> dict[str, Any]:
+    """One closed-loop measurement as the report reads it."""
+    requests = int(run.result["requests"])
+    return {
+        "name": name,
+        "rate": rate(run),
+        "requests": requests,
+        "ok": all_expected(run.result),
+        "wrk": run.result,
+        "cpu_per_1k": {k: per_thousand(v, requests) for k, v in run.cpu.items()},
+    }

@@ -43,18 +43,6 @@ class OutOfTime(Exception):
     pass
 
 
-def _peak_entry(name: str, run: measure.Measured) -> dict[str, Any]:
-    requests = int(run.result["requests"])
-    return {
-        "name": name,
-        "rate": measure.rate(run),
-        "requests": requests,
-        "ok": measure.all_expected(run.result),
-        "wrk": run.result,
-        "cpu_per_1k": {k: measure.per_thousand(v, requests) for k, v in run.cpu.items()},
-    }
-
-
 def _wait_port(port: int, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -83,7 +71,7 @@ def _python_ceiling(name: str, extra: list[str], bodies: Path, args: Any) -> dic
     finally:
         process.terminate()
         process.wait(10)
-    return _peak_entry(name, run)
+    return measure.peak_entry(name, run)
 
 
 def ceilings(nginx: Nginx, bodies: Path, args: Any) -> list[dict[str, Any]]:
@@ -97,7 +85,7 @@ def ceilings(nginx: Nginx, bodies: Path, args: Any) -> list[dict[str, Any]]:
         groups={"nginx": nginx.pids},
     )
     return [
-        _peak_entry("wrk → nginx (HTTPS/1.1, FCM path)", direct),
+        measure.peak_entry("wrk → nginx (HTTPS/1.1, FCM path)", direct),
         _python_ceiling("wrk → uvloop+httptools server answering 204", [], bodies, args),
         _python_ceiling("wrk → uvicorn + ASGI app answering 204", ["--uvicorn"], bodies, args),
     ]
@@ -164,7 +152,7 @@ def relay_figures(
             connections=args.connections,
             groups=groups,
         )
-        paths[path] = _peak_entry(path, run)
+        paths[path] = measure.peak_entry(path, run)
     # the status request itself is one accepted connection
     opened = nginx.accepted_connections() - accepted - 1
     held = upstream_connections.count(nginx.port, relay.pids())

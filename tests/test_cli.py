@@ -266,6 +266,24 @@ def test_started_relay_answers_on_its_listen_address_and_stops_on_sigterm(
     assert "Traceback" not in stderr
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("admin_host", ["127.0.0.1", "0.0.0.0"])
+def test_admin_listener_on_the_public_address_is_a_config_error(
+    tmp_path: Path, workers: str, admin_host: str
+) -> None:
+    # with --workers both sockets share the port through SO_REUSEPORT: /push would be
+    # answered 404 for every connection the kernel hands to the admin socket
+    port = free_port()
+    path = tmp_path / "relay.toml"
+    path.write_text(f'[server]\nadmin_listen = "{admin_host}:{port}"\n')
+    result = push_relay("-c", str(path), "-l", f"127.0.0.1:{port}", "--workers", workers)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert 1 == len(lines), result.stderr
+    assert str(path) in lines[0]
+    assert "[server.admin_listen]" in lines[0]
+
+
 def test_address_in_use_exits_1_with_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "relay.toml"
     path.write_text("[server]\n")

@@ -297,6 +297,8 @@ async def test_other_methods_405(relay: RunningRelay, method: str) -> None:
     answer = await relay.request(method, "/push")
     assert (answer.status, answer.text) == (405, "")
     assert "POST" in answer.headers["allow"]
+    # CORS headers on every /push answer, this one too
+    assert "*" == answer.headers["access-control-allow-origin"]
 
 
 async def test_body_over_4_kib_is_413(relay: RunningRelay) -> None:
@@ -354,6 +356,25 @@ async def test_foreign_origin_is_refused_403_when_origins_are_restricted(
     assert (403, "Origin not allowed") == (answer.status, answer.text)
     assert "text/plain; charset=utf-8" == answer.headers["content-type"]
     assert "access-control-allow-origin" not in answer.headers
+
+
+async def test_preflight_from_a_foreign_origin_is_refused_403_when_origins_are_restricted(
+    start_relay: RelayStarter,
+) -> None:
+    preflight = {"Access-Control-Request-Method": "POST"}
+    async with start_relay(RESTRICTED) as relay:
+        foreign = await relay.request(
+            "OPTIONS", "/push", headers={**preflight, "Origin": "https://evil.example"}
+        )
+        listed = await relay.request(
+            "OPTIONS", "/push", headers={**preflight, "Origin": "https://web.threema.ch"}
+        )
+    assert (403, "Origin not allowed") == (foreign.status, foreign.text)
+    assert "text/plain; charset=utf-8" == foreign.headers["content-type"]
+    assert not [name for name in foreign.headers if name.startswith("access-control-")]
+    assert 204 == listed.status
+    assert "https://web.threema.ch" == listed.headers["access-control-allow-origin"]
+    assert "POST" == listed.headers["access-control-allow-methods"]
 
 
 @pytest.mark.parametrize(

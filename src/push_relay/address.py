@@ -36,6 +36,16 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def overlaps(a: tuple[str, int], b: tuple[str, int]) -> bool:
+    """Whether two listen addresses would accept the same connections (same port, same or
+    wildcard host). With `--workers N` both are bound with SO_REUSEPORT, which the kernel
+    then allows: the two listeners would split one port's connections at random."""
+    if a[1] != b[1] or a[1] == 0:
+        return False
+    ha, hb = (ipaddress.ip_address("127.0.0.1" if h == "localhost" else h) for h in (a[0], b[0]))
+    return ha == hb or ha.is_unspecified or hb.is_unspecified
+
+
 def bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     """A listening TCP socket on `host:port`; `reuse_port` lets siblings share the address."""
     host = "127.0.0.1" if host == "localhost" else host

@@ -138,7 +138,9 @@ class PushRelayApp:
             elif method == "OPTIONS":
                 await self._preflight(scope, send)
             else:
-                await _respond(send, 405, [(b"allow", b"POST, OPTIONS")])
+                # a /push answer like any other: CORS lets a page read why it was refused
+                allow = (b"allow", b"POST, OPTIONS")
+                await _respond(send, 405, [allow, *self._cors_headers(scope)])
         elif path == "/health" and method in ("GET", "HEAD"):
             await _respond(send, 200, [TEXT, self._worker], b"ok")
         elif path == "/ready" and method in ("GET", "HEAD"):
@@ -252,6 +254,11 @@ class PushRelayApp:
         return origin is None or origin in self._cors_origins
 
     async def _preflight(self, scope: Scope, send: Send) -> None:
+        if not self._cors_any and not self._origin_allowed(scope):
+            # refused as the POST would be: no CORS grant at all, and the reason in plain text
+            vary = (b"vary", b"Origin")
+            await _respond(send, 403, [TEXT_UTF8, vary], b"Origin not allowed")
+            return
         headers = [
             *self._cors_headers(scope),
             (b"access-control-allow-methods", b"POST"),

@@ -15,7 +15,7 @@ from pathlib import Path
 # nothing here may import prometheus-client (metrics): with --workers N its multiprocess
 # directory must be set first
 from push_relay import __version__, config, logs, reload
-from push_relay.address import ListenAddressError, parse_listen
+from push_relay.address import ListenAddressError, overlaps, parse_listen
 from push_relay.errors import ConfigError
 
 DEFAULT_LISTEN = "127.0.0.1:3000"
@@ -153,6 +153,14 @@ def _run(args: argparse.Namespace, state: os.PathLike[str] | None = None) -> int
     cfg = reload.with_hash_key(cfg)
 
     def start(host: str, port: int) -> int:
+        admin = cfg.server.admin_listen
+        if admin is not None and overlaps(admin, (host, port)):
+            print(
+                f"push-relay: config error: {cfg.path}: [server.admin_listen]: "
+                f"{args.listen} is the public listen address; give the admin listener its own",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
         if state is None:
             from push_relay.app import PushRelayApp
             from push_relay.server import serve
