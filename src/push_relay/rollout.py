@@ -11,7 +11,6 @@ connections, and the relay runs at most N + 1 workers.
 from __future__ import annotations
 
 import collections
-import contextlib
 import os
 import signal
 from dataclasses import dataclass, field
@@ -32,12 +31,17 @@ class Workers(Protocol):
         """Fork a worker for `slot` with the current config; returns its pid."""
         ...
 
+    def retire(self, pid: int) -> None:
+        """Tell worker `pid` to drain: a successor serves its socket."""
+        ...
+
 
 @dataclass
 class Step:
     slot: int
     new_pid: int
-    old_pids: list[int] = field(default_factory=list)  # told to drain once new_pid serves
+    serving: bool = False  # new_pid said it serves
+    old_pids: list[int] = field(default_factory=list)  # then told to drain
 
 
 class Rollout:
@@ -68,9 +72,10 @@ class Rollout:
                 slot = self.pending.popleft()
                 self.step = Step(slot, self.supervisor.spawn(slot))
             step = self.step
-            if not step.old_pids:
+            if not step.serving:
                 if not self._serving(step.new_pid):
                     return
+                step.serving = True
                 step.old_pids = self._retire(step.slot, step.new_pid)
             if any(pid in self.retiring for pid in step.old_pids):
                 return  # drain one predecessor at a time
@@ -117,8 +122,7 @@ class Rollout:
         for pid in old:
             del workers[pid]
             self.retiring.add(pid)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, RETIRE_SIGNAL)
+            self.supervisor.retire(pid)
         return old
 
     def _forget(self, pid: int) -> None:

@@ -52,7 +52,7 @@ from push_relay import reload
 from push_relay.address import bind
 from push_relay.config import Config
 from push_relay.errors import ConfigError
-from push_relay.rollout import Rollout
+from push_relay.rollout import RETIRE_SIGNAL, Rollout
 
 if TYPE_CHECKING:  # imported lazily at run time: metrics must not load before the state dir
     from push_relay.app import PushRelayApp
@@ -164,6 +164,10 @@ class Supervisor:
             os.close(ready_read)
         log.info("worker %d started (pid %d)", slot, pid)
         return pid
+
+    def retire(self, pid: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, RETIRE_SIGNAL)
 
     def _work(self, slot: int, ready: int) -> int:
         _stop_with_parent()
