@@ -14,8 +14,9 @@ Design
   `[server] shutdown_grace_secs`) and exits 0.
 - **Reload.** On SIGHUP the parent reads and checks the config again (an invalid one is one
   error line; the workers keep serving). A valid one replaces the workers one at a time
-  (`push_relay.rollout`): a new worker serves the slot's socket before its predecessor drains,
-  so no connection is refused. Workers themselves ignore SIGHUP.
+  (`push_relay.rollout`): a new worker serves the slot's socket before its predecessor drains
+  (SIGUSR2: as SIGTERM, but a kept-alive client gets a moment for a request already sent), so
+  no connection is refused and no request reset. Workers themselves ignore SIGHUP.
 - **State directory.** The parent creates a private directory (mode 0700) that is removed at
   exit; it holds `metrics/` (`PROMETHEUS_MULTIPROC_DIR`: each worker's counters in
   memory-mapped files, summed by whichever worker answers `/metrics`; a dead worker's live
