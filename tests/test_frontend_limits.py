@@ -92,6 +92,27 @@ async def test_head_one_byte_over_is_431_and_closed(start_relay: RelayStarter, c
     assert (431, TOO_LARGE) == status_and_body(answer)
 
 
+@pytest.mark.parametrize(
+    ("origins", "grant"),
+    [('["*"]', b"access-control-allow-origin: *\r\n"), ('["https://web.example"]', None)],
+    ids=["any-origin", "restricted"],
+)
+async def test_the_431_grants_cors_like_every_push_answer(
+    start_relay: RelayStarter, origins: str, grant: bytes | None
+) -> None:
+    """With `cors_origins = ["*"]` a browser may read the 431 too; a restricted list grants
+    nothing to a head whose Origin was never read."""
+    config = f"[server]\nmax_header_bytes = 2000\ncors_origins = {origins}\n"
+    async with start_relay(config) as relay:
+        answer = await exchange(relay, push_head(2001) + BODY)
+    assert (431, TOO_LARGE) == status_and_body(answer)
+    head = answer.partition(b"\r\n\r\n")[0] + b"\r\n"
+    if grant is None:
+        assert b"access-control-allow-origin" not in head
+    else:
+        assert grant in head
+
+
 async def test_body_bytes_never_count(start_relay: RelayStarter) -> None:
     """A 2000-byte head with a 4000-byte body in the same write is within a 2000-byte limit."""
     body = BODY + b"&affiliation=" + b"a" * (4000 - len(BODY) - 13)

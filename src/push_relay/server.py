@@ -31,19 +31,34 @@ __all__ = ["EmbeddedServer", "ListenAddressError", "RelayServer", "parse_listen"
 log = logging.getLogger("push_relay")
 
 
-def _closing_answer(status: bytes, text: bytes) -> bytes:
+def _closing_answer(status: bytes, text: bytes, cors_any: bool = False) -> bytes:
+    # with `cors_origins = ["*"]` every answer grants any origin (contract §10), these too; a
+    # restricted list needs the request's Origin, which a refused head may never have sent
+    cors = b"access-control-allow-origin: *\r\n" if cors_any else b""
     return (
-        b"HTTP/1.1 %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
-        b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (status, len(text), text)
+        b"HTTP/1.1 %s\r\ncontent-type: text/plain; charset=utf-8\r\n%s"
+        b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (status, cors, len(text), text)
     )
 
 
-HEADER_TIMEOUT_ANSWER = _closing_answer(b"408 Request Timeout", b"Request header timed out")
-BODY_TIMEOUT_ANSWER = _closing_answer(b"408 Request Timeout", b"Request body timed out")
-HEAD_TOO_LARGE_ANSWER = _closing_answer(
-    b"431 Request Header Fields Too Large", b"Request header fields too large"
-)
-TOO_MANY_CONNECTIONS_ANSWER = _closing_answer(b"503 Service Unavailable", b"Too many connections")
+class _Answers:
+    """The answers the protocol writes itself, before or instead of the app."""
+
+    def __init__(self, cors_any: bool) -> None:
+        self.header_timeout = _closing_answer(
+            b"408 Request Timeout", b"Request header timed out", cors_any
+        )
+        self.body_timeout = _closing_answer(
+            b"408 Request Timeout", b"Request body timed out", cors_any
+        )
+        self.head_too_large = _closing_answer(
+            b"431 Request Header Fields Too Large", b"Request header fields too large", cors_any
+        )
+        self.too_many_connections = _closing_answer(
+            b"503 Service Unavailable", b"Too many connections", cors_any
+        )
+
+
 LINGER_SECS = 2.0  # how long a refused client may go on sending before it is cut off
 # a worker replaced by a reload: how long a connection between two requests stays open for
 # the request its client may be sending right now
@@ -75,6 +90,7 @@ class SlowClientProtocol(HttpToolsProtocol):
     max_headers = 100
     max_connections = 10_000
     admin: Listener | None = None  # its connections are not counted against the limit
+    answers = _Answers(cors_any=True)
     _idle_grace = 0.0  # set when the worker retires (see `shutdown`)
     _draining = False
     _timer: asyncio.TimerHandle | None = None
@@ -92,7 +108,7 @@ class SlowClientProtocol(HttpToolsProtocol):
         if len(self.connections) > self.max_connections and not (
             self.admin is not None and self.admin.accepted(self.server)
         ):
-            self._close_with(TOO_MANY_CONNECTIONS_ANSWER)
+            self._close_with(self.answers.too_many_connections)
             return
         self._arm(self.header_timeout)
 
@@ -113,7 +129,7 @@ class SlowClientProtocol(HttpToolsProtocol):
         if self._refused or self.transport.is_closing():
             return
         if self._head_room == 0:  # the head did not end within its limit
-            self._refuse(HEAD_TOO_LARGE_ANSWER)
+            self._refuse(self.answers.head_too_large)
             return
         self.data_received(data[room:])  # the head ended: the rest is its body and beyond
 
@@ -122,13 +138,13 @@ class SlowClientProtocol(HttpToolsProtocol):
         # pipelined behind the previous request in one read: `data_received` did not meter
         # the start of this head, so `on_headers_complete` measures it from the parser
         self._unmetered = self._completed_in_feed
-        self._answer = HEADER_TIMEOUT_ANSWER
+        self._answer = self.answers.header_timeout
         if self._timer is None:
             self._arm(self.header_timeout)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if len(self.headers) >= self.max_headers:  # uvicorn collects them in `headers`
-            self._refuse(HEAD_TOO_LARGE_ANSWER)
+            self._refuse(self.answers.head_too_large)
             return
         super().on_header(name, value)
 
@@ -136,10 +152,10 @@ class SlowClientProtocol(HttpToolsProtocol):
         if self._refused:
             return
         if self._unmetered and self._parsed_head_size() > self.max_header_bytes:
-            self._refuse(HEAD_TOO_LARGE_ANSWER)
+            self._refuse(self.answers.head_too_large)
             return
         self._head_room = -1
-        self._answer = BODY_TIMEOUT_ANSWER
+        self._answer = self.answers.body_timeout
         self._deadline = self.loop.time() + self.body_timeout
         if self._timer is None or self._timer.when() > self._deadline:
             self._disarm()
@@ -268,6 +284,7 @@ def slow_client_protocol(
             "max_headers": server.max_headers,
             "max_connections": server.max_connections,
             "admin": admin,
+            "answers": _Answers(cors_any="*" in server.cors_origins),
         },
     )
 
