@@ -172,7 +172,8 @@ def test_without_the_sandbox_extra_it_says_what_to_install() -> None:
 
 
 async def test_the_rate_limit_example_ends_with_a_429() -> None:
-    """The printed loop, pasted into a shell as it is: its last push is refused."""
+    """The printed loop, pasted into a shell as it is: its last push is refused; its device
+    is not an example's, so every example is still delivered right after it."""
     if shutil.which("curl") is None:
         raise AssertionError("curl is not installed: apt-get install curl")
     process = await start_sandbox(f"127.0.0.1:{free_port()}")
@@ -185,6 +186,13 @@ async def test_the_rate_limit_example_ends_with_a_429() -> None:
         )
         async with asyncio.timeout(30):
             output, _ = await shell.communicate()
+        after: list[int] = []
+        async with aiohttp.ClientSession() as session:
+            for match in EXAMPLE.finditer(banner):
+                if printed_status(match["comment"]) == 204:
+                    form = {"content-type": "application/x-www-form-urlencoded"}
+                    async with session.post(match["url"], data=match["body"], headers=form) as r:
+                        after.append(r.status)
     finally:
         process.send_signal(signal.SIGINT)
         async with asyncio.timeout(30):
@@ -197,6 +205,7 @@ async def test_the_rate_limit_example_ends_with_a_429() -> None:
     assert "retry-after: " in last.lower()
     assert last.rstrip().endswith("Too many requests")
     assert "# Rate limit" in banner
+    assert [204, 204, 204, 204] == after
 
 
 @pytest.mark.parametrize("listen", ["127.0.0.1", "127.0.0.1:99999"])

@@ -51,6 +51,9 @@ class SandboxPart:
     config_toml: str
     examples: list[Example]
     stop: Callable[[], Awaitable[None]]
+    # the rate-limit demonstration's push: a device of its own, so that the examples above
+    # are still delivered right after it
+    rate_limit_body: str | None = None
 
     @property
     def delivered(self) -> list[str]:
@@ -131,18 +134,19 @@ def banner(address: str, parts: list[SandboxPart], config_file: Path) -> str:
     if not parts:
         lines.append("(no simulated backends available)")
     else:
-        lines += rate_limit_example(address, parts[0].examples[0].body)
+        part = parts[0]
+        lines += rate_limit_example(address, part.rate_limit_body or part.examples[0].body)
     lines.append("Stop with Ctrl-C.")
     return "\n".join(lines)
 
 
 def rate_limit_example(address: str, body: str) -> list[str]:
-    """The first example's device pushed once more than its burst: the last is answered 429."""
+    """One device pushed once more than its burst: the last is answered 429."""
     count = BURST + 1
     loop = " ".join(str(i) for i in range(1, count + 1))
     return [
-        f"# Rate limit ([limits] token_per_minute = 12, token_burst = {BURST}): the first "
-        f"example's device, {count} times in a row;",
+        f"# Rate limit ([limits] token_per_minute = 12, token_burst = {BURST}): one device, "
+        f"{count} times in a row;",
         f"# at most {BURST} are delivered at once, so the last is answered 429 Too many requests "
         "with Retry-After (seconds)",
         f"for i in {loop}; do {curl_command(address, body)}; echo; done",

@@ -264,6 +264,7 @@ class ApnsSimulator:
 
 
 SANDBOX_DEVICE = "0123456789abcdef" * 4
+SANDBOX_RATE_LIMITED_DEVICE = "fedcba9876543210" * 4
 
 
 def describe_delivery(delivery: Delivery) -> str:
@@ -288,8 +289,11 @@ async def sandbox_part(ca: TestCA, workdir: Path) -> SandboxPart:
     key = generate_key(workdir)
     sim = ApnsSimulator(ca, key, on_delivery=lambda d: log.info("%s", describe_delivery(d)))
     url = await sim.start()
-    example = (
-        f"type=apns&token={SANDBOX_DEVICE}&session=123deadbeef&version=3"
-        "&bundleid=com.example.app&endpoint=s"
+    form = "type=apns&token={}&session=123deadbeef&version=3&bundleid=com.example.app&endpoint=s"
+    return SandboxPart(
+        "APNs",
+        key.config_toml(url, url),
+        [Example(form.format(SANDBOX_DEVICE))],
+        sim.stop,
+        rate_limit_body=form.format(SANDBOX_RATE_LIMITED_DEVICE),
     )
-    return SandboxPart("APNs", key.config_toml(url, url), [Example(example)], sim.stop)
