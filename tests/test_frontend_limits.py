@@ -202,6 +202,26 @@ async def test_a_connection_beyond_max_connections_is_answered_503_and_closed(
         assert 200 == (await relay.request("GET", "/health")).status
 
 
+async def test_admin_connections_do_not_use_up_the_public_limit(
+    start_relay: RelayStarter,
+) -> None:
+    """A scraper holding admin connections neither is refused nor crowds out push clients."""
+    admin = f"127.0.0.1:{free_port()}"
+    config = f'[server]\nmax_connections = 2\nadmin_listen = "{admin}"\n'
+    async with start_relay(config) as relay:
+        admin_held = [await connect(f"http://{admin}") for _ in range(3)]
+        public_held = [await connect(relay.url) for _ in range(2)]
+        for reader, writer in [*admin_held, *public_held]:
+            writer.write(b"GET /health HTTP/1.1\r\nHost: r\r\n\r\n")
+            assert (await reader.readline()).startswith(b"HTTP/1.1 200 ")
+        reader, writer = await connect(relay.url)  # the third public one is over the limit
+        refused = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        assert (503, b"Too many connections") == status_and_body(refused)
+        for _, writer in [*admin_held, *public_held]:
+            writer.close()
+
+
 # -- admin_listen ----------------------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ import logging
 import signal
 import socket
 from collections.abc import Callable, Generator
+from typing import ClassVar
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -91,6 +92,9 @@ class SlowClientProtocol(HttpToolsProtocol):
     max_connections = 10_000
     admin: Listener | None = None  # its connections are not counted against the limit
     answers = _Answers(cors_any=True)
+    # open admin connections; `slow_client_protocol` gives each configured class its own
+    admin_open: ClassVar[list[int]] = [0]
+    _on_admin = False
     _idle_grace = 0.0  # set when the worker retires (see `shutdown`)
     _draining = False
     _timer: asyncio.TimerHandle | None = None
@@ -105,9 +109,10 @@ class SlowClientProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._head_room = self.max_header_bytes
-        if len(self.connections) > self.max_connections and not (
-            self.admin is not None and self.admin.accepted(self.server)
-        ):
+        if self.admin is not None and self.admin.accepted(self.server):
+            self._on_admin = True  # never refused, and not counted against the public limit
+            self.admin_open[0] += 1
+        elif len(self.connections) - self.admin_open[0] > self.max_connections:
             self._close_with(self.answers.too_many_connections)
             return
         self._arm(self.header_timeout)
@@ -221,6 +226,9 @@ class SlowClientProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._on_admin:
+            self.admin_open[0] -= 1
+            self._on_admin = False
         super().connection_lost(exc)
 
     def keep_idle_for(self, seconds: float) -> None:
@@ -284,6 +292,7 @@ def slow_client_protocol(
             "max_headers": server.max_headers,
             "max_connections": server.max_connections,
             "admin": admin,
+            "admin_open": [0],
             "answers": _Answers(cors_any="*" in server.cors_origins),
         },
     )
