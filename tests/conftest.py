@@ -15,6 +15,7 @@ from push_relay.backends import Clients
 from push_relay.sandbox import SandboxPart
 from push_relay.testing.ca import TestCA
 from push_relay.testing.process import GatewayRig, start_gateway
+from push_relay.testing.redis_server import RedisServer
 from push_relay.testing.relay import RelayStarter, RunningRelay, running_relay
 
 
@@ -93,3 +94,12 @@ async def relay_with_services(
     ]
     async with start_relay(toml, clients=Clients(backoff_base=0.001)) as relay:
         yield relay, examples
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port, nothing persisted, stopped by PID."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()

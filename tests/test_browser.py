@@ -86,7 +86,9 @@ CALL_POST_FORM = "postForm(arguments[0], arguments[1], arguments[arguments.lengt
 # -- the browser and the page ----------------------------------------------------------------
 
 
-class _PageHandler(BaseHTTPRequestHandler):
+class PageHandler(BaseHTTPRequestHandler):
+    """Serves the page that calls the relay as Threema Web does."""
+
     def do_GET(self) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/html; charset=utf-8")
@@ -101,7 +103,7 @@ class _PageHandler(BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def page_origin() -> Iterator[str]:
     """The Threema Web stand-in, on a loopback origin that is not the relay's."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _PageHandler)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), PageHandler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -19,9 +19,8 @@ import threading
 import tomllib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -36,7 +35,7 @@ from push_relay import metrics
 from push_relay.testing.ca import TestCA
 from push_relay.testing.ports import free_port
 from push_relay.testing.process import GatewayRig, RelayProcess
-from test_browser import CALL_WAKE_UP, CHROMEDRIVER, CHROMIUM, FLAGS, PAGE
+from test_browser import CALL_WAKE_UP, CHROMEDRIVER, CHROMIUM, FLAGS, PageHandler
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -256,18 +255,6 @@ async def test_nginx_refuses_a_body_beyond_the_relays_4_kib(
     assert 413 == status
 
 
-class _Page(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "text/html; charset=utf-8")
-        self.send_header("Content-Length", str(len(PAGE)))
-        self.end_headers()
-        self.wfile.write(PAGE)
-
-    def log_message(self, format: str, *args: Any) -> None:  # keep test output clean
-        pass
-
-
 @pytest.fixture
 def chromium(test_ca: TestCA) -> Iterator[webdriver.Chrome]:
     """Headless Chromium on a page of another origin, trusting exactly the test certificate
@@ -282,7 +269,7 @@ def chromium(test_ca: TestCA) -> Iterator[webdriver.Chrome]:
     digest = hashes.Hash(hashes.SHA256())
     digest.update(spki)
     pin = base64.b64encode(digest.finalize()).decode()
-    page = ThreadingHTTPServer(("127.0.0.1", 0), _Page)
+    page = ThreadingHTTPServer(("127.0.0.1", 0), PageHandler)
     thread = threading.Thread(target=page.serve_forever, daemon=True)
     thread.start()
     profile = tempfile.mkdtemp(prefix="push-relay-chromium-")

@@ -9,8 +9,7 @@ import asyncio
 import shutil
 import signal
 import subprocess
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from helpers import wait_until
+from push_load import FORM, PushLoad
 from push_relay.testing.ca import TestCA
 from push_relay.testing.hms_sim import HmsSimulator
 from push_relay.testing.ports import free_port
@@ -27,9 +27,7 @@ from push_relay.testing.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "deploy" / "haproxy" / "push-relay.cfg"
-FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 INSTANCES = 3
-PACE_SECS = 0.01  # between two pushes of one client: a steady load, not a benchmark
 HMS_APP = "104477777"
 # limits generous enough for the load tests; behind HAProxy every test client is 127.0.0.1
 GENEROUS_LIMITS = "token_per_minute = 60000\ntoken_burst = 10000\nclient_per_minute = 60000\n"
@@ -78,14 +76,6 @@ async def gateway_rig(test_ca: TestCA, tmp_path: Path) -> AsyncIterator[GatewayR
     rig = await start_gateway(test_ca, tmp_path, delay=0.05)
     yield rig
     await rig.simulator.stop()
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -158,54 +148,6 @@ async def wait_all_up(fleet: Fleet, process: subprocess.Popen[bytes]) -> None:
     await asyncio.sleep(0.3)  # `rise 2` checks, 100 ms apart, count from start-up
 
 
-class Load:
-    """Four clients pushing in a paced loop through HAProxy over keep-alive connections,
-    recording every answer; stops at the end of the block or after 60 s."""
-
-    def __init__(self, fleet: Fleet, form: dict[str, str]) -> None:
-        self.fleet = fleet
-        self.form = form
-        self.statuses: list[int | str] = []
-        self._stop = asyncio.Event()
-        self._answered = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-
-    async def __aenter__(self) -> Load:
-        self._session = self.fleet.client()
-        self._tasks = [asyncio.create_task(self._client()) for _ in range(4)]
-        await self.wait_for(20)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._stop.set()
-        await asyncio.gather(*self._tasks)
-        await self._session.close()
-
-    async def wait_for(self, more: int) -> None:
-        target = len(self.statuses) + more
-        async with asyncio.timeout(30):
-            while len(self.statuses) < target:
-                self._answered.clear()
-                await self._answered.wait()
-
-    async def _client(self) -> None:
-        deadline = time.monotonic() + 60
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            await asyncio.sleep(PACE_SECS)
-            try:
-                async with self._session.post(
-                    self.fleet.url + "/push", data=self.form, headers=FORM
-                ) as response:
-                    await response.read()
-                    self.statuses.append(response.status)
-            except aiohttp.ClientError as err:
-                self.statuses.append(type(err).__name__)
-            self._answered.set()
-
-    def failures(self) -> list[int | str]:
-        return [s for s in self.statuses if s != 204]
-
-
 def pushes_relayed(relay: RelayProcess) -> int:
     return relay.logs().count("outcome=204")
 
@@ -271,7 +213,7 @@ async def test_an_instance_stopped_under_load_loses_no_push(
     fleet: Fleet, gateway_rig: GatewayRig
 ) -> None:
     stopped = fleet.relays[1]
-    async with Load(fleet, gateway_rig.push()) as load:
+    async with PushLoad(fleet.url, [gateway_rig.push], fleet.client) as load:
         await gateway_rig.simulator.wait_arrived(len(load.statuses) + 4)  # pushes in flight
         stopped.send_signal(signal.SIGTERM)
         assert 0 == await stopped.wait()
@@ -290,7 +232,7 @@ async def test_a_reload_rolled_across_the_fleet_fails_no_push(
     hms.add_app(HMS_APP, "hms-secret-fleet")
     await hms.start()
     try:
-        async with Load(fleet, gateway_rig.push()) as load:
+        async with PushLoad(fleet.url, [gateway_rig.push], fleet.client) as load:
             fleet.config.write_text(fleet.config.read_text() + "\n" + hms.config_toml(HMS_APP))
             for relay in fleet.relays:  # one instance at a time, as an operator would
                 relay.send_signal(signal.SIGHUP)

@@ -12,7 +12,7 @@ import asyncio
 import ipaddress
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +41,6 @@ from push_relay.testing.relay import Answer, RelayStarter, RunningRelay
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 NOW = 1_800_000_000.0
 IDENTITY = "ECHOECHO"  # the gateway push's device target
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -8,8 +8,7 @@ import asyncio
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import jwt
 import pytest
 
 from helpers import wait_until
+from push_load import FORM, PushLoad
 from push_relay.config import Config, HmsConfig, ServerConfig
 from push_relay.reload import changed_sections, keep_hash_key, with_hash_key
 from push_relay.testing.apns_auth import ApnsKey, generate_key
@@ -28,11 +28,9 @@ from push_relay.testing.hms_sim import HmsSimulator
 from push_relay.testing.ports import free_port
 from push_relay.testing.process import RelayProcess
 
-FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 APNS_DEVICE = "ab" * 32
 HMS_APP = "104455555"
 NEW_HMS_APP = "104466666"
-PACE_SECS = 0.01  # between two pushes of one client: a steady load, not a benchmark
 MODES = [pytest.param((), id="one-process"), pytest.param(("--workers", "2"), id="workers-2")]
 
 
@@ -102,58 +100,6 @@ def hms_push(app: str = HMS_APP) -> dict[str, str]:
     return {"type": "hms", "token": "hms-device", "session": "s", "version": "3", "appid": app}
 
 
-class Load:
-    """Four clients pushing in a paced loop over keep-alive connections, recording every
-    answer; each stops at the end of the block, after `limit` pushes in all or `seconds`."""
-
-    def __init__(self, url: str, forms: list[Callable[[], dict[str, str]]]) -> None:
-        self.url = url
-        self.forms = forms
-        self.statuses: list[int | str] = []
-        self._stop = asyncio.Event()
-        self._answered = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-
-    async def __aenter__(self) -> Load:
-        self._session = aiohttp.ClientSession()
-        self._tasks = [asyncio.create_task(self._client(i)) for i in range(4)]
-        await self.wait_for(20)  # the load is flowing before anything changes
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._stop.set()
-        await asyncio.gather(*self._tasks)
-        await self._session.close()
-
-    async def wait_for(self, more: int) -> None:
-        """Until `more` further pushes have been answered."""
-        target = len(self.statuses) + more
-        async with asyncio.timeout(30):
-            while len(self.statuses) < target:
-                self._answered.clear()
-                await self._answered.wait()
-
-    async def _client(self, index: int, limit: int = 20_000, seconds: float = 60.0) -> None:
-        deadline = time.monotonic() + seconds
-        n = index
-        while not self._stop.is_set() and len(self.statuses) < limit:
-            if time.monotonic() > deadline:
-                return
-            await asyncio.sleep(PACE_SECS)
-            form = self.forms[n % len(self.forms)]()
-            n += 1
-            try:
-                async with self._session.post(self.url + "/push", data=form, headers=FORM) as r:
-                    await r.read()
-                    self.statuses.append(r.status)
-            except aiohttp.ClientError as err:  # refused or reset: a failed push
-                self.statuses.append(type(err).__name__)
-            self._answered.set()
-
-    def failures(self) -> list[int | str]:
-        return [s for s in self.statuses if s != 204]
-
-
 @pytest.fixture(params=MODES)
 async def relay(request: pytest.FixtureRequest, services: Services) -> AsyncIterator[RelayProcess]:
     args: tuple[str, ...] = request.param
@@ -201,7 +147,7 @@ def projects(fcm: FcmSimulator, since: int) -> set[str]:
 async def test_a_new_fcm_project_serves_new_pushes(relay: RelayProcess, services: Services) -> None:
     new_project = "push-relay-moved"
     services.fcm.allow_project(new_project)
-    async with Load(relay.url, [fcm_push, apns_push]) as load:
+    async with PushLoad(relay.url, [fcm_push, apns_push]) as load:
         services.write(services.toml(project_id=new_project))
         line = await reloaded(relay)
         await load.wait_for(20)  # pushes in flight at the swap end on the old runtime
@@ -216,7 +162,7 @@ async def test_a_new_fcm_project_serves_new_pushes(relay: RelayProcess, services
 async def test_a_rotated_apns_key_signs_new_pushes(relay: RelayProcess, services: Services) -> None:
     new_key = generate_key(services.workdir, team_id=services.apns_key.team_id)
     services.apns.add_key(new_key)  # both keys are valid while the rotation is under way
-    async with Load(relay.url, [apns_push, fcm_push]) as load:
+    async with PushLoad(relay.url, [apns_push, fcm_push]) as load:
         services.apns_key = new_key
         services.write(services.toml())
         line = await reloaded(relay)
@@ -231,7 +177,7 @@ async def test_a_rotated_apns_key_signs_new_pushes(relay: RelayProcess, services
 
 
 async def test_an_added_hms_app_starts_to_deliver(relay: RelayProcess, services: Services) -> None:
-    async with Load(relay.url, [fcm_push, apns_push, hms_push]) as load:
+    async with PushLoad(relay.url, [fcm_push, apns_push, hms_push]) as load:
         before = await push(relay, hms_push(NEW_HMS_APP))
         services.write(services.toml(hms_apps=(HMS_APP, NEW_HMS_APP)))
         line = await reloaded(relay)
@@ -247,7 +193,7 @@ async def test_a_broken_config_is_refused_and_the_old_one_serves(
     relay: RelayProcess, services: Services
 ) -> None:
     good = services.config.read_text()
-    async with Load(relay.url, [fcm_push, apns_push, hms_push]) as load:
+    async with PushLoad(relay.url, [fcm_push, apns_push, hms_push]) as load:
         services.write(good.replace("max_retries = 0", "max_retries = 300"))
         line = await reloaded(relay)
         await load.wait_for(40)
