@@ -71,16 +71,7 @@ def limits_figures(
             )
             if not measure.all_expected(warm.result):
                 raise RuntimeError(f"warm-up with limits ({store}) failed: {warm.result}")
-        for path in bodies:
-            run = measure.wrk(
-                relay.url + "/push",
-                bodies[path],
-                expect=204,
-                duration=args.duration,
-                connections=args.connections,
-                groups=groups,
-            )
-            paths[path] = measure.peak_entry(path, run)
+        paths = measure.peaks(relay.url, bodies, groups, args)
         rss = procstats.rss_mb(relay.process.pid)
     finally:
         relay.stop()

@@ -148,3 +148,21 @@ def peak_entry(name: str, run: Measured) -> dict[str, Any]:
         "wrk": run.result,
         "cpu_per_1k": {k: per_thousand(v, requests) for k, v in run.cpu.items()},
     }
+
+
+def peaks(
+    url: str, bodies: Mapping[str, Path], groups: Mapping[str, Callable[[], list[int]]], args: Any
+) -> dict[str, dict[str, Any]]:
+    """The closed-loop peak of each path's bodies against the relay at `url`, in turn."""
+    paths: dict[str, dict[str, Any]] = {}
+    for path, body in bodies.items():
+        run = wrk(
+            url + "/push",
+            body,
+            expect=204,
+            duration=args.duration,
+            connections=args.connections,
+            groups=groups,
+        )
+        paths[path] = peak_entry(path, run)
+    return paths

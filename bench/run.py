@@ -142,17 +142,7 @@ def relay_figures(
     _warm_up(relay, nginx, bodies)
     groups = {"relay": relay.pids, "nginx": nginx.pids}
     accepted = nginx.accepted_connections()
-    paths: dict[str, dict[str, Any]] = {}
-    for path in bodies:
-        run = measure.wrk(
-            relay.url + "/push",
-            bodies[path],
-            expect=204,
-            duration=args.duration,
-            connections=args.connections,
-            groups=groups,
-        )
-        paths[path] = measure.peak_entry(path, run)
+    paths = measure.peaks(relay.url, bodies, groups, args)
     # the status request itself is one accepted connection
     opened = nginx.accepted_connections() - accepted - 1
     held = upstream_connections.count(nginx.port, relay.pids())
