@@ -216,7 +216,7 @@ class PushRelayApp:
         """The whole body, refused beyond 4 KiB.
 
         A client slower than `body_timeout_secs` is answered 408 and disconnected by the
-        server protocol (`server.SlowClientProtocol`); `receive` then says so.
+        server protocol (`protocol.SlowClientProtocol`); `receive` then says so.
         """
         message = await receive()
         body: bytes = message.get("body", b"")
