@@ -22,6 +22,7 @@ from push_relay import tls
 from push_relay.auth import TokenCache
 from push_relay.config import Config
 from push_relay.errors import FailureKind, PushFailed
+from push_relay.http2 import H2Client
 from push_relay.request import ApnsTarget, FcmTarget, GatewayTarget, HmsTarget, PushRequest, Target
 
 
@@ -105,6 +106,11 @@ class Clients:
             connector = aiohttp.TCPConnector(ssl=self.ssl_context, limit=1000, ttl_dns_cache=300)
             self._http = aiohttp.ClientSession(connector=connector, trust_env=False)
         return self._http
+
+    def h2_client(self, origin: str) -> H2Client:
+        """An HTTP/2 client for `origin`: TLS for https://; http:// (allowed on loopback only)
+        is plaintext h2c, never TLS."""
+        return H2Client(origin, self.h2_ssl_context if origin.startswith("https://") else None)
 
     async def aclose(self) -> None:
         if self._http is not None:

@@ -173,9 +173,7 @@ class ApnsBackend:
         )
         client = self._connections.get(origin)
         if client is None:
-            # http:// (allowed on loopback only) means plaintext h2c, as for FCM: never TLS
-            tls = self._clients.h2_ssl_context if origin.startswith("https://") else None
-            client = H2Client(origin, tls)
+            client = self._clients.h2_client(origin)
             self._connections[origin] = client
         return client
 

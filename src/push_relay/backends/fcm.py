@@ -32,7 +32,7 @@ from push_relay.backends._body import read_body
 from push_relay.backends._json import json_object, to_json
 from push_relay.config import FcmConfig, ServiceAccount
 from push_relay.errors import FailureKind, PushFailed
-from push_relay.http2 import H2Client, H2Error, H2InvalidHeaderError
+from push_relay.http2 import H2Error, H2InvalidHeaderError
 from push_relay.logs import escape
 from push_relay.payload import ThreemaPayload
 from push_relay.request import FcmTarget, PushRequest
@@ -128,8 +128,7 @@ class FcmBackend:
         self.rng = rng or random.Random()  # backoff jitter
         endpoint = urlsplit(config.endpoint)
         origin = f"{endpoint.scheme}://{endpoint.netloc}"
-        context = clients.h2_ssl_context if endpoint.scheme == "https" else None
-        self.h2 = H2Client(origin, context)
+        self.h2 = clients.h2_client(origin)
         self.path = f"{endpoint.path}/v1/projects/{config.project_id}/messages:send"
         self.signer = _Signer(config.service_account)
         self.token_key = token_key(config)
