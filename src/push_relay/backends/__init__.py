@@ -41,11 +41,15 @@ class Verdict:
     def delivered(self) -> bool:
         return self.kind is None
 
-    def failure(self, upstream_status: int) -> PushFailed:
-        """The error to raise for this (failed) verdict."""
+    def failure(self, upstream_status: int, note: str = "") -> PushFailed:
+        """The error to raise for this (failed) verdict; `note` is added to its detail."""
         kind = self.kind or FailureKind.INTERNAL
-        return PushFailed(kind, self.reason, self.detail, upstream_status=upstream_status)
+        detail = f"{self.detail}; {note}" if note else self.detail
+        return PushFailed(kind, self.reason, detail, upstream_status=upstream_status)
 
+
+DELIVERED = Verdict(None, "delivered")
+"""The verdict of an answer that carries nothing worth logging (built once, not per push)."""
 
 Classify = Callable[[int, Mapping[str, str], bytes], Verdict]
 """`classify(status, headers, body)`: pure, no I/O; headers with lower-case names."""

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import serialization
 
 from push_relay import metrics
 from push_relay.auth import Token, credential_key
-from push_relay.backends import Clients, Readiness, Verdict
+from push_relay.backends import DELIVERED, Clients, Readiness, Verdict
 from push_relay.backends._body import read_body
 from push_relay.backends._json import json_object, to_json
 from push_relay.config import FcmConfig, ServiceAccount
@@ -54,7 +54,7 @@ def classify(status: int, headers: Mapping[str, str], body: bytes) -> Verdict:
     if 200 <= status < 300:
         name = (json_object(body) or {}).get("name")
         if isinstance(name, str):
-            return Verdict(None, "delivered")
+            return DELIVERED
         return Verdict(FailureKind.INTERNAL, "bad_response", f"{status} body has no message name")
     detail = _error_detail(status, body)
     if status in (400, 402):
@@ -176,14 +176,13 @@ class FcmBackend:
         if not verdict.retry:
             raise verdict.failure(status)
         if attempt == self.config.max_retries:
-            detail = f"{verdict.detail}; gave up after {self.config.max_retries + 1} requests"
-            raise PushFailed(FailureKind.UPSTREAM, verdict.reason, detail, upstream_status=status)
+            note = f"gave up after {self.config.max_retries + 1} requests"
+            raise verdict.failure(status, note)
         wait = verdict.retry_after
         if wait is None:
             wait = backoff(attempt, self.rng)
         if spent + wait > push.ttl:  # no retry that would end after the ttl: nobody waits
-            detail = f"{verdict.detail}; next retry in {wait:.1f} s would pass the ttl"
-            raise PushFailed(FailureKind.UPSTREAM, verdict.reason, detail, upstream_status=status)
+            raise verdict.failure(status, f"next retry in {wait:.1f} s would pass the ttl")
         return wait
 
     def _request_headers(self, token: Token) -> list[tuple[str, str]]:

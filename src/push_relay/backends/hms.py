@@ -16,7 +16,7 @@ import aiohttp
 
 from push_relay import metrics
 from push_relay.auth import Token, credential_key
-from push_relay.backends import Clients, Readiness, Verdict
+from push_relay.backends import DELIVERED, Clients, Readiness, Verdict
 from push_relay.backends._body import read_body
 from push_relay.backends._json import json_object, to_json
 from push_relay.config import HmsConfig
@@ -60,7 +60,7 @@ def classify(status: int, headers: Mapping[str, str], body: bytes) -> Verdict:
     if code is None:
         return Verdict(FailureKind.INTERNAL, "bad_response", "200 body is not HMS result JSON")
     if code == SUCCESS:
-        return Verdict(None, "delivered")
+        return DELIVERED
     if code in INVALID_TOKEN_CODES:
         return Verdict(FailureKind.CLIENT, "invalid_token", f"code {code}")
     if code == INTERNAL_ERROR_CODE:
@@ -163,7 +163,7 @@ class HmsBackend:
             raise PushFailed(FailureKind.CLIENT, "unknown_app", detail)
         body = message_body(push, target.token, config.high_priority, self.clients.clock())
         key = self._token_keys[config.app_id]
-        token = await self._token(config, key)
+        token = self.clients.tokens.valid(key) or await self._token(config, key)
         url = f"{config.push_endpoint}/v1/{config.client_id}/messages:send"
         headers = {
             "Authorization": f"Bearer {token.value}",

@@ -14,7 +14,7 @@ import nacl.exceptions
 import nacl.utils
 from nacl.public import Box, PrivateKey, PublicKey
 
-from push_relay.backends import Clients, Readiness, Verdict
+from push_relay.backends import DELIVERED, Clients, Readiness, Verdict
 from push_relay.backends._body import read_body
 from push_relay.backends._json import to_json
 from push_relay.config import GatewayConfig
@@ -46,7 +46,7 @@ def classify(status: int, headers: Mapping[str, str], body: bytes) -> Verdict:
     The body (the message id on success) is not needed.
     """
     if status == 200:
-        return Verdict(None, "delivered")
+        return DELIVERED
     detail = f"gateway answered {status}"
     reason = _REASONS.get(status)
     if reason is not None:
