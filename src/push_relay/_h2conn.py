@@ -55,11 +55,12 @@ class H2Connection(H2State, asyncio.Protocol):
     @property
     def full(self) -> bool:
         """A new request has to wait for a stream (the peer's limit, or a full transport)."""
-        return (
-            bool(self.waiters)
-            or self.paused is not None
-            or len(self.streams) + self.reserved >= self.limit
-        )
+        return bool(self.waiters) or not self.has_slot
+
+    @property
+    def has_slot(self) -> bool:
+        """A stream may be opened now: within the peer's limit, and the transport writes."""
+        return self.paused is None and len(self.streams) + self.reserved < self.limit
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -75,9 +76,7 @@ class H2Connection(H2State, asyncio.Protocol):
         stream.timer = self.loop.call_at(deadline, self.on_timeout, stream.id)
         if len(self.streams) == 1 and self.loop.time() - self.last_seen >= IDLE_SECS:
             self.after_idle = True
-        if not self.flush_pending:
-            self.flush_pending = True
-            self.loop.call_soon(self.flush)
+        self.schedule_flush()
         return stream
 
     def cancel(self, stream: Stream) -> None:
@@ -111,22 +110,25 @@ class H2Connection(H2State, asyncio.Protocol):
 
     def settle(self) -> None:
         """Write what was queued (soon), wake or fail waiters, close a drained connection."""
-        if self.out and not self.flush_pending:
-            self.flush_pending = True
-            self.loop.call_soon(self.flush)
+        if self.out:
+            self.schedule_flush()
         if self.waiters:
             self.release()
         if self.goaway_id is not None and not self.streams and not self.closing:
             self.close_transport()
+
+    def schedule_flush(self) -> None:
+        """Write the queued frames once, at the end of this loop iteration."""
+        if not self.flush_pending:
+            self.flush_pending = True
+            self.loop.call_soon(self.flush)
 
     def release(self) -> None:
         """Free stream slots go to waiting requests; on a closing connection they move on."""
         if not self.usable:
             self.fail_waiters()
             return
-        while (
-            self.waiters and self.paused is None and len(self.streams) + self.reserved < self.limit
-        ):
+        while self.waiters and self.has_slot:
             waiter = self.waiters.popleft()
             if not waiter.done():
                 self.reserved += 1

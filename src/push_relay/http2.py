@@ -38,6 +38,7 @@ from push_relay._h2errors import (
 )
 
 __all__ = [
+    "MAX_RESPONSE_BYTES",
     "H2Client",
     "H2ConnectionError",
     "H2Error",
@@ -47,6 +48,10 @@ __all__ = [
     "H2StreamResetError",
     "H2TimeoutError",
 ]
+
+# The largest response body accepted (push services answer a few hundred bytes); the relay's
+# HTTP/1.1 upstreams are held to the same bound (`backends/_body.py`).
+MAX_RESPONSE_BYTES = _h2frames.MAX_BODY
 
 # A request that never reached the wire is retried on a fresh connection, within its timeout
 # and at most this often (a burst larger than what a server allows per connection before its

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import aiohttp
 
-MAX_RESPONSE_BYTES = 64 * 1024
+from push_relay.http2 import MAX_RESPONSE_BYTES
 
 
 class ResponseTooLarge(aiohttp.ClientPayloadError):
