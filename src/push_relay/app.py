@@ -140,7 +140,7 @@ class PushRelayApp:
             else:
                 # a /push answer like any other: CORS lets a page read why it was refused
                 allow = (b"allow", b"POST, OPTIONS")
-                await _respond(send, 405, [allow, *self._cors_headers(scope)])
+                await _respond(send, 405, [allow, *self._cors(scope)[0]])
         elif path == "/health" and method in ("GET", "HEAD"):
             await _respond(send, 200, [TEXT, self._worker], b"ok")
         elif path == "/ready" and method in ("GET", "HEAD"):
@@ -161,7 +161,7 @@ class PushRelayApp:
     # -- /push ------------------------------------------------------------------------------
 
     async def _push(self, scope: Scope, receive: Receive, send: Send) -> None:
-        cors = self._cors_headers(scope)
+        cors, foreign = self._cors(scope)
         content_type = _header(scope, b"content-type")
         if content_type is None or not _visible_ascii(content_type):
             await _respond(send, 400, [TEXT_UTF8, *cors], b"Missing content type")
@@ -170,7 +170,7 @@ class PushRelayApp:
             body = b"Invalid content type: " + content_type
             await _respond(send, 400, [TEXT_UTF8, *cors], body)
             return
-        if not self._cors_any and not self._origin_allowed(scope):
+        if foreign:
             # a browser sends a form POST without a preflight: CORS alone would only hide
             # the answer from a foreign page, not stop the push
             await _respond(send, 403, [TEXT_UTF8, *cors], b"Origin not allowed")
@@ -241,26 +241,25 @@ class PushRelayApp:
 
     # -- CORS -------------------------------------------------------------------------------
 
-    def _cors_headers(self, scope: Scope) -> Headers:
+    def _cors(self, scope: Scope) -> tuple[Headers, bool]:
+        """The CORS headers of a /push answer, and whether the request's `Origin` is one the
+        restricted `cors_origins` refuses (the Origin header is looked up once)."""
         if self._cors_any:
-            return [(b"access-control-allow-origin", b"*")]
+            return [(b"access-control-allow-origin", b"*")], False
         origin = _header(scope, b"origin")
         if origin is not None and origin in self._cors_origins:
-            return [(b"access-control-allow-origin", origin), (b"vary", b"Origin")]
-        return [(b"vary", b"Origin")]
-
-    def _origin_allowed(self, scope: Scope) -> bool:
-        origin = _header(scope, b"origin")
-        return origin is None or origin in self._cors_origins
+            return [(b"access-control-allow-origin", origin), (b"vary", b"Origin")], False
+        return [(b"vary", b"Origin")], origin is not None
 
     async def _preflight(self, scope: Scope, send: Send) -> None:
-        if not self._cors_any and not self._origin_allowed(scope):
+        cors, foreign = self._cors(scope)
+        if foreign:
             # refused as the POST would be: no CORS grant at all, and the reason in plain text
             vary = (b"vary", b"Origin")
             await _respond(send, 403, [TEXT_UTF8, vary], b"Origin not allowed")
             return
         headers = [
-            *self._cors_headers(scope),
+            *cors,
             (b"access-control-allow-methods", b"POST"),
             (b"access-control-allow-headers", b"Content-Type"),
             (b"access-control-max-age", b"86400"),

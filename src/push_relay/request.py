@@ -204,9 +204,10 @@ def _apns_target(params: dict[str, str], token: str, collapse_key: str | None) -
     # space there makes APNs reset the whole connection, failing everyone's pushes in flight
     if not (_path_segment(token) and _visible(bundle_id)):
         raise InvalidRequest(InvalidRequest.INVALID)
-    if collapse_key is not None and not _visible(collapse_key):
-        raise InvalidRequest(InvalidRequest.INVALID)
-    if collapse_key is not None and len(collapse_key.encode()) > MAX_APNS_COLLAPSE_ID_BYTES:
+    # visible ASCII, so its length in characters is its length in bytes
+    if collapse_key is not None and not (
+        _visible(collapse_key) and len(collapse_key) <= MAX_APNS_COLLAPSE_ID_BYTES
+    ):
         raise InvalidRequest(InvalidRequest.INVALID)
     return ApnsTarget(token, bundle_id, "p" if endpoint == "p" else "s")
 
