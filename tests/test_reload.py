@@ -303,6 +303,33 @@ async def test_the_admin_listener_keeps_its_role_across_a_reload(
     assert [200, 404, 404] == statuses
 
 
+async def test_workers_started_by_a_reload_serve_the_sockets_they_were_given(
+    services: Services,
+) -> None:
+    """`admin_listen` added by a reload needs a restart: the new workers serve on, without
+    binding an admin socket of their own (a second worker would find it taken and die)."""
+    relay = await RelayProcess.start(
+        services.config, "--workers", "2", env={"TMPDIR": str(services.workdir)}
+    )
+    try:
+        admin = f"127.0.0.1:{free_port()}"
+        services.write(
+            services.toml().replace("[server]\n", f'[server]\nadmin_listen = "{admin}"\n')
+        )
+        line = await reloaded(relay)
+        pushes = [await push(relay, fcm_push()) for _ in range(10)]
+        async with aiohttp.ClientSession() as session:
+            metrics = await status(session, relay.url + "/metrics")
+        logs = relay.logs()
+    finally:
+        assert 0 == await relay.stop()
+
+    assert "server.admin_listen" in line.partition("needs a restart")[2]
+    assert [204] * 10 == pushes
+    assert 200 == metrics  # still served where it was: the admin listener is not there yet
+    assert "too many" not in logs and "cannot listen" not in logs
+
+
 async def status(session: aiohttp.ClientSession, url: str, method: str = "GET") -> int:
     async with session.request(method, url, data=b"", headers=FORM) as response:
         await response.read()

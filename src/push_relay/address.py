@@ -86,17 +86,22 @@ def listening_sockets(
     sock: socket.socket | None = None,
     admin_sock: socket.socket | None = None,
 ) -> tuple[list[socket.socket] | None, Listener | None]:
-    """What to serve: the public socket, then the admin one when `[server] admin_listen` is
-    set (bound here unless given), and the admin listener; no sockets (None) lets the server
-    bind `host:port` itself."""
-    if server.admin_listen is None:
-        return (None if sock is None else [sock]), None
-    if sock is None:
+    """What to serve: the public socket, then the admin one, and the admin listener; no
+    sockets (None) lets the server bind `host:port` itself.
+
+    Sockets handed in (a worker of `--workers N`) decide alone: they were bound from the
+    start-up config, and a worker started by a reload must serve what its supervisor holds,
+    whatever the new config says of `admin_listen` (a change that needs a restart). One
+    process binds both itself when `[server] admin_listen` is set."""
+    if sock is None and server.admin_listen is not None:
         sock = bind(host, port)
-    if admin_sock is None:
         try:
             admin_sock = bind(*server.admin_listen)
         except OSError:
             sock.close()
             raise
+    if sock is None:
+        return None, None
+    if admin_sock is None:
+        return [sock], None
     return [sock, admin_sock], Listener(admin_sock.getsockname())
