@@ -220,11 +220,15 @@ class Supervisor:
             reload.log_reloaded(old, self.config, pending)
 
     def _reap(self) -> None:
-        while self.workers:
+        # also when no current worker is left: a retired one may still be draining, and the
+        # run loop waits for it
+        while True:
             try:
                 pid, wait_status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
+            except ChildProcessError:  # no child at all
                 self.workers.clear()
+                if self.rollout is not None:
+                    self.rollout.retiring.clear()
                 return
             if pid == 0:
                 return
