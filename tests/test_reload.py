@@ -330,6 +330,40 @@ async def test_workers_started_by_a_reload_serve_the_sockets_they_were_given(
     assert "too many" not in logs and "cannot listen" not in logs
 
 
+async def test_the_protocols_own_answers_follow_a_reloaded_cors_setting(
+    services: Services,
+) -> None:
+    """`cors_origins` applies at once, also to the 431 the server protocol writes itself."""
+    toml = services.toml().replace("[server]\n", "[server]\nmax_header_bytes = 2000\n")
+    services.write(toml)
+    relay = await RelayProcess.start(services.config, env={"TMPDIR": str(services.workdir)})
+    try:
+        before = await head_too_large(relay)
+        restricted = '[server]\ncors_origins = ["https://web.example"]\n'
+        services.write(toml.replace("[server]\n", restricted))
+        assert "now serves" in await reloaded(relay)
+        after = await head_too_large(relay)
+    finally:
+        assert 0 == await relay.stop()
+
+    assert before.startswith(b"HTTP/1.1 431 ")
+    assert after.startswith(b"HTTP/1.1 431 ")
+    assert b"access-control-allow-origin: *\r\n" in before
+    assert b"access-control-allow-origin" not in after
+
+
+async def head_too_large(relay: RelayProcess) -> bytes:
+    """The answer to a request head of 3000 bytes (over a 2000-byte limit)."""
+    host, _, port = relay.url.removeprefix("http://").rpartition(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(b"POST /push HTTP/1.1\r\nHost: r\r\nX-Pad: " + b"p" * 3000 + b"\r\n\r\n")
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+
+
 async def status(session: aiohttp.ClientSession, url: str, method: str = "GET") -> int:
     async with session.request(method, url, data=b"", headers=FORM) as response:
         await response.read()

@@ -68,7 +68,7 @@ class PushRelayApp:
     def _set_config(self, config: Config) -> None:
         self.config = config
         self.server: ServerConfig = config.server
-        self._cors_any = "*" in self.server.cors_origins
+        self.cors_any = "*" in self.server.cors_origins
         self._cors_origins = {o.encode() for o in self.server.cors_origins}
         self._limits_fail_open = config.limits is None or config.limits.redis_fail_open
 
@@ -244,7 +244,7 @@ class PushRelayApp:
     def _cors(self, scope: Scope) -> tuple[Headers, bool]:
         """The CORS headers of a /push answer, and whether the request's `Origin` is one the
         restricted `cors_origins` refuses (the Origin header is looked up once)."""
-        if self._cors_any:
+        if self.cors_any:
             return [(b"access-control-allow-origin", b"*")], False
         origin = _header(scope, b"origin")
         if origin is not None and origin in self._cors_origins:

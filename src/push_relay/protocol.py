@@ -8,7 +8,7 @@ to the releases its tests prove.
 from __future__ import annotations
 
 import asyncio
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -44,6 +44,19 @@ class _Answers:
         )
 
 
+_ANSWERS = {cors_any: _Answers(cors_any) for cors_any in (True, False)}
+
+
+class CorsPolicy(Protocol):
+    """Whether every origin may read an answer: the app's, which a reload may change."""
+
+    cors_any: bool
+
+
+class _AnyOrigin:
+    cors_any = True
+
+
 LINGER_SECS = 2.0  # how long a refused client may go on sending before it is cut off
 
 
@@ -72,7 +85,7 @@ class SlowClientProtocol(HttpToolsProtocol):
     max_headers = 100
     max_connections = 10_000
     admin: Listener | None = None  # its connections are not counted against the limit
-    answers = _Answers(cors_any=True)
+    cors: CorsPolicy = _AnyOrigin()
     # open admin connections; `slow_client_protocol` gives each configured class its own
     admin_open: ClassVar[list[int]] = [0]
     _on_admin = False
@@ -80,7 +93,8 @@ class SlowClientProtocol(HttpToolsProtocol):
     _draining = False
     _timer: asyncio.TimerHandle | None = None
     _deadline = 0.0
-    _answer = b""  # what a timed-out request is told; empty: nothing begun, just close
+    # what a timed-out request is told, an `_Answers` field; empty: nothing begun, just close
+    _answer = ""
     _head_room = 0  # head bytes the current request may still send; -1: its head is complete
     _completed_in_feed = False  # a request ended inside the read being parsed
     _unmetered = False  # the current head began in a read not metered as a head
@@ -94,7 +108,7 @@ class SlowClientProtocol(HttpToolsProtocol):
             self._on_admin = True  # never refused, and not counted against the public limit
             self.admin_open[0] += 1
         elif len(self.connections) - self.admin_open[0] > self.max_connections:
-            self._close_with(self.answers.too_many_connections)
+            self._close_with(self._answers.too_many_connections)
             return
         self._arm(self.header_timeout)
 
@@ -115,7 +129,7 @@ class SlowClientProtocol(HttpToolsProtocol):
         if self._refused or self.transport.is_closing():
             return
         if self._head_room == 0:  # the head did not end within its limit
-            self._refuse(self.answers.head_too_large)
+            self._refuse(self._answers.head_too_large)
             return
         self.data_received(data[room:])  # the head ended: the rest is its body and beyond
 
@@ -124,13 +138,13 @@ class SlowClientProtocol(HttpToolsProtocol):
         # pipelined behind the previous request in one read: `data_received` did not meter
         # the start of this head, so `on_headers_complete` measures it from the parser
         self._unmetered = self._completed_in_feed
-        self._answer = self.answers.header_timeout
+        self._answer = "header_timeout"
         if self._timer is None:
             self._arm(self.header_timeout)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if len(self.headers) >= self.max_headers:  # uvicorn collects them in `headers`
-            self._refuse(self.answers.head_too_large)
+            self._refuse(self._answers.head_too_large)
             return
         super().on_header(name, value)
 
@@ -138,10 +152,10 @@ class SlowClientProtocol(HttpToolsProtocol):
         if self._refused:
             return
         if self._unmetered and self._parsed_head_size() > self.max_header_bytes:
-            self._refuse(self.answers.head_too_large)
+            self._refuse(self._answers.head_too_large)
             return
         self._head_room = -1
-        self._answer = self.answers.body_timeout
+        self._answer = "body_timeout"
         self._deadline = self.loop.time() + self.body_timeout
         if self._timer is None or self._timer.when() > self._deadline:
             self._disarm()
@@ -159,7 +173,7 @@ class SlowClientProtocol(HttpToolsProtocol):
             return
         self._completed_in_feed = True
         self._head_room = self.max_header_bytes
-        self._answer = b""
+        self._answer = ""
         self._disarm()
         super().on_message_complete()
 
@@ -174,6 +188,11 @@ class SlowClientProtocol(HttpToolsProtocol):
         for name, value in self.headers:
             size += len(name) + len(value) + 3
         return size
+
+    @property
+    def _answers(self) -> _Answers:
+        """The answers as the app's CORS setting now says (read only when answering)."""
+        return _ANSWERS[self.cors.cors_any]
 
     def _refuse(self, answer: bytes) -> None:
         """Answer without the app and close; the parser's remaining callbacks are ignored.
@@ -256,12 +275,12 @@ class SlowClientProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         if self._answer:
-            self.transport.write(self._answer)
+            self.transport.write(getattr(self._answers, self._answer))
         self.transport.close()
 
 
 def slow_client_protocol(
-    server: ServerConfig, admin: Listener | None = None
+    server: ServerConfig, admin: Listener | None, cors: CorsPolicy
 ) -> type[SlowClientProtocol]:
     return type(
         "SlowClientProtocol",
@@ -274,6 +293,6 @@ def slow_client_protocol(
             "max_connections": server.max_connections,
             "admin": admin,
             "admin_open": [0],
-            "answers": _Answers(cors_any="*" in server.cors_origins),
+            "cors": cors,
         },
     )

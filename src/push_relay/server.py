@@ -42,7 +42,7 @@ def uvicorn_config(app: PushRelayApp, host: str, port: int) -> uvicorn.Config:
         host=host,
         port=port,
         loop="uvloop",
-        http=slow_client_protocol(server, app.admin),
+        http=slow_client_protocol(server, app.admin, app),
         lifespan="on",
         log_config=None,
         access_log=False,
