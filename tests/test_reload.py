@@ -19,6 +19,7 @@ import pytest
 from helpers import wait_until
 from push_load import FORM, PushLoad
 from push_relay.config import Config, HmsConfig, ServerConfig
+from push_relay.logs import TokenHasher
 from push_relay.reload import changed_sections, keep_hash_key, with_hash_key
 from push_relay.testing.apns_auth import ApnsKey, generate_key
 from push_relay.testing.apns_sim import ApnsSimulator
@@ -386,3 +387,26 @@ async def test_a_reload_frees_no_rate_limited_device(services: Services) -> None
 
     assert "limits" not in line
     assert ([204] * 3, 429) == (before, after)
+
+
+async def test_after_a_reload_a_limited_device_is_logged_with_the_new_log_hash(
+    services: Services,
+) -> None:
+    """The counts carry over, the hashing does not: a reload that changes `log_hash_key`
+    names a rate-limited device by the same hash as its push lines."""
+    limits = "[limits]\ntoken_per_minute = 1\ntoken_burst = 1\n"
+    keyed = services.toml().replace("[server]\n", '[server]\nlog_hash_key = "{}"\n')
+    services.write(keyed.format("before") + limits)
+    relay = await RelayProcess.start(services.config)
+    try:
+        assert 204 == await push(relay, fcm_push())
+        services.write(keyed.format("after") + limits)
+        await reloaded(relay)
+        assert 429 == await push(relay, fcm_push())
+        logs = relay.logs()
+    finally:
+        assert 0 == await relay.stop()
+
+    expected = TokenHasher("after")(device_token("reload"))
+    [limited] = [line for line in logs.splitlines() if "rate limited" in line]
+    assert f"device={expected}" in limited

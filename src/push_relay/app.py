@@ -70,7 +70,6 @@ class PushRelayApp:
         self.server: ServerConfig = config.server
         self.cors_any = "*" in self.server.cors_origins
         self._cors_origins = {o.encode() for o in self.server.cors_origins}
-        self._limits_fail_open = config.limits is None or config.limits.redis_fail_open
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -109,7 +108,7 @@ class PushRelayApp:
         runtime = await self._runtime_factory(config)
         old = self.runtime
         if old is not None and old.config.limits == config.limits:
-            await runtime.keep_limiter(old)  # the counts go on: a reload frees no one
+            runtime.keep_limiter(old)  # the counts go on: a reload frees no one
         self.runtime = runtime
         self._set_config(config)
         self._probe = _probe(runtime)
@@ -283,7 +282,8 @@ class PushRelayApp:
         }
         if limits is not None:
             # a shared store that is down keeps the relay from serving only when it fails closed
-            ready = ready and (limits.ok or self._limits_fail_open)
+            limiter = self.runtime.limiter if self.runtime is not None else None
+            ready = ready and (limits.ok or (limiter is not None and limiter.fail_open))
             report["ready"] = ready
             report["limits"] = {"ok": limits.ok, "detail": limits.detail}
         body = json.dumps(report).encode()

@@ -53,12 +53,12 @@ class Runtime:
         log.info("backends configured: %s", ", ".join(config.backend_names()) or "none")
         return runtime
 
-    async def keep_limiter(self, old: Runtime) -> None:
-        """Take over `old`'s rate limiter, and so its counts, in place of this one's (a
-        reload that left `[limits]` unchanged)."""
-        if self.limiter is not None:
-            await self.limiter.aclose()
-        self.limiter, old.limiter = old.limiter, None
+    def keep_limiter(self, old: Runtime) -> None:
+        """Take over `old`'s rate-limit store, and so its counts (a reload that left
+        `[limits]` unchanged); `old` closes this runtime's unused one when it stops. The
+        limiter itself stays this runtime's: it hashes with this runtime's log key."""
+        if self.limiter is not None and old.limiter is not None:
+            self.limiter.store, old.limiter.store = old.limiter.store, self.limiter.store
 
     async def stop(self) -> None:
         """Let in-flight pushes finish (bounded by the grace period), then close everything."""
