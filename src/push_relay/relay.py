@@ -15,7 +15,7 @@ from push_relay import logs, metrics
 from push_relay.backends import TYPE_NAMES, Backend, BackendTable, Readiness
 from push_relay.errors import FailureKind, PushFailed
 from push_relay.logs import TokenHasher
-from push_relay.request import GatewayTarget, HmsTarget, PushRequest, Target
+from push_relay.request import HmsTarget, PushRequest, Target
 
 log = logging.getLogger("push_relay.push")
 
@@ -124,7 +124,7 @@ class Relay:
 
     def _log(self, level: int, kind: str, push: PushRequest, outcome: Outcome) -> None:
         target = push.target
-        secret = target.identity if isinstance(target, GatewayTarget) else target.token
+        secret = push.device
         # an upstream's error text may echo what it was sent: never let the token through
         detail = outcome.detail.replace(secret, "<token>") if secret else outcome.detail
         app = target.app_id if isinstance(target, HmsTarget) else None

@@ -77,6 +77,12 @@ class PushRequest:
     ttl: int
     collapse_key: str | None  # already prefixed: `relay.<key>`
 
+    @property
+    def device(self) -> str:
+        """What identifies the device pushed to: the token, or the gateway's Threema ID."""
+        target = self.target
+        return target.identity if isinstance(target, GatewayTarget) else target.token
+
     def __repr__(self) -> str:  # never the device token
         return (
             f"PushRequest(type={type(self.target).__name__}, session={self.session[:10]!r}, "

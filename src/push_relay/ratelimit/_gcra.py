@@ -9,7 +9,6 @@ that both stores (Python here, Lua in Redis) compute exactly the same answers.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 MICROS = 1_000_000
@@ -43,20 +42,3 @@ UNAVAILABLE = Verdict("unavailable", 1)
 def retry_after(wait_us: int) -> int:
     """Whole seconds, rounded up, never 0: a client retrying sooner would be refused again."""
     return max(1, -(-wait_us // MICROS))
-
-
-class KeyedDigest:
-    """The keyed hash that stands for a token or address in every store (never the value).
-
-    BLAKE2b with a key spends a whole compression on the key block; the keyed state is built
-    once and copied per value, which halves the cost of each hash.
-    """
-
-    def __init__(self, key: bytes) -> None:
-        self.key = key
-        self._keyed = hashlib.blake2b(key=key[:64], digest_size=16)
-
-    def __call__(self, value: str) -> bytes:
-        h = self._keyed.copy()
-        h.update(value.encode())
-        return h.digest()

@@ -15,14 +15,13 @@ from push_relay.backends import TYPE_NAMES, Readiness
 from push_relay.config.limits import LimitsConfig
 from push_relay.logs import TokenHasher
 from push_relay.ratelimit._clients import ClientAddress
-from push_relay.ratelimit._gcra import ADMITTED, Rule, Verdict
+from push_relay.ratelimit._gcra import ADMITTED, UNAVAILABLE, Rule, Verdict
 from push_relay.ratelimit._memory import MemoryStore
-from push_relay.request import GatewayTarget, PushRequest
+from push_relay.request import PushRequest
 
 log = logging.getLogger("push_relay.limits")
 
 LOG_EVERY_SECS = 60.0  # a limited key is logged at most this often
-CLOSED = Verdict("unavailable", 1)  # answered 503 when the store fails and fail_open is off
 
 
 class Store(Protocol):
@@ -58,31 +57,27 @@ class RateLimiter:
     async def check(self, scope: Mapping[str, Any], push: PushRequest) -> Verdict:
         """ADMITTED, or why not: `refused` is "client" or "token" (429) or "unavailable" (503)."""
         client = self._client_address(scope) if self._by_client else None
-        target = None
-        if self._by_token:
-            t = push.target
-            target = t.identity if isinstance(t, GatewayTarget) else t.token
+        target = push.device if self._by_token else None
         verdict = await self.store.check(client, target)
-        if verdict.refused is None:
-            return verdict
+        if verdict.refused is None or (verdict is UNAVAILABLE and self.fail_open):
+            return ADMITTED
         return self._refused(verdict, push, client, target)
 
     def _refused(
         self, verdict: Verdict, push: PushRequest, client: str | None, target: str | None
     ) -> Verdict:
         kind = TYPE_NAMES[type(push.target)]
-        if verdict.refused == "unavailable":
-            if self.fail_open:
-                return ADMITTED
+        if verdict is UNAVAILABLE:
             self._count(kind, "503", "limits_unavailable")
-            return CLOSED
-        scope = verdict.refused or ""
+            return verdict
+        # a store refuses only a scope it was given a key for
+        scope, who = ("client", client) if verdict.refused == "client" else ("token", target)
+        assert who is not None
         metrics.RATE_LIMITED.labels(scope).inc()
         self._count(kind, "429", "rate_limited")
-        if scope == "client":
-            self._log_once(scope, client or "unknown", kind, verdict.retry_after)
-        else:
-            self._log_once(scope, self._hasher(target or ""), kind, verdict.retry_after)
+        if scope == "token":
+            who = self._hasher(who)
+        self._log_once(scope, who, kind, verdict.retry_after)
         return verdict
 
     def _count(self, kind: str, status: str, reason: str) -> None:

@@ -8,7 +8,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from push_relay.backends import Readiness
-from push_relay.ratelimit._gcra import ADMITTED, MICROS, KeyedDigest, Rule, Verdict, retry_after
+from push_relay.logs import KeyedDigest
+from push_relay.ratelimit._gcra import ADMITTED, MICROS, Rule, Verdict, retry_after
 
 Table = OrderedDict[bytes, int]
 

@@ -34,12 +34,12 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from push_relay import metrics
 from push_relay.backends import Readiness
+from push_relay.logs import KeyedDigest
 from push_relay.ratelimit import _resp as resp
 from push_relay.ratelimit._gcra import (
     ADMITTED,
     MICROS,
     UNAVAILABLE,
-    KeyedDigest,
     Rule,
     Verdict,
 )
@@ -99,7 +99,6 @@ class RedisStore:
         self._flushing: asyncio.Task[None] | None = None
         self._retry_at = 0.0
         self._warned_at: float | None = None
-        self.last_error: str | None = None
 
     def check(self, client: str | None, target: str | None) -> asyncio.Future[Verdict]:
         """The verdict for one push, answered with the next batch."""
@@ -131,7 +130,6 @@ class RedisStore:
             if loop.time() >= self._retry_at:
                 async with asyncio.timeout(self.timeout):
                     verdicts = await self._ask([(c, t) for c, t, _ in batch])
-                self.last_error = None
         except (RedisError, OSError, TimeoutError) as err:
             self._failed(loop.time(), err)
         except Exception as err:  # a bug here must not leave pushes waiting for ever
@@ -143,12 +141,11 @@ class RedisStore:
                     future.set_result(verdict)
 
     def _failed(self, now: float, err: BaseException) -> None:
-        self.last_error = type(err).__name__
         self._retry_at = now + self.timeout
         metrics.RATE_LIMIT_ERRORS.inc()
         if self._warned_at is None or now - self._warned_at >= WARN_EVERY_SECS:
             self._warned_at = now
-            log.warning("rate-limit store (Redis) failed: %s: %s", self.last_error, err)
+            log.warning("rate-limit store (Redis) failed: %s: %s", type(err).__name__, err)
 
     async def _ask(self, checks: list[tuple[str | None, str | None]]) -> list[Verdict]:
         """One round trip (plus one to load the script or adopt the agreed key)."""
