@@ -155,11 +155,9 @@ def _run(args: argparse.Namespace, state: os.PathLike[str] | None = None) -> int
     def start(host: str, port: int) -> int:
         admin = cfg.server.admin_listen
         if admin is not None and overlaps(admin, (host, port)):
-            print(
-                f"push-relay: config error: {cfg.path}: [server.admin_listen]: "
-                f"{args.listen} is the public listen address; give the admin listener its own",
-                file=sys.stderr,
-            )
+            clash = f"{args.listen} is the public listen address; give the admin listener its own"
+            error = ConfigError(cfg.path, clash, "server.admin_listen")
+            print(f"push-relay: config error: {error}", file=sys.stderr)
             return EXIT_CONFIG
         if state is None:
             from push_relay.app import PushRelayApp

@@ -58,22 +58,20 @@ async def _build_backends(cfg: Config) -> None:
         await clients.aclose()
 
 
-def with_hash_key(cfg: Config) -> Config:
-    """`cfg` with a random log hash key when it sets none, drawn once per relay so that a
-    device hashes the same in every worker and across reloads."""
+def with_hash_key(cfg: Config, key: str | None = None) -> Config:
+    """`cfg` with a log hash key when it sets none: `key`, or a random one drawn once per
+    relay so that a device hashes the same in every worker and across reloads."""
     if cfg.server.log_hash_key is not None:
         return cfg
-    server = dataclasses.replace(cfg.server, log_hash_key=secrets.token_hex(32))
+    server = dataclasses.replace(cfg.server, log_hash_key=key or secrets.token_hex(32))
     return dataclasses.replace(cfg, server=server)
 
 
 def keep_hash_key(old: Config, new: Config) -> Config:
-    """`new`, keeping the random log hash key drawn for `old` when neither config sets one,
-    so a device's hash in the log stays the same across a reload."""
-    if new.server.log_hash_key is not None or old.server.log_hash_key is None:
-        return new
-    server = dataclasses.replace(new.server, log_hash_key=old.server.log_hash_key)
-    return dataclasses.replace(new, server=server)
+    """`new`, keeping the log hash key drawn for `old` when `new` sets none, so a device's
+    hash in the log stays the same across a reload."""
+    drawn = old.server.log_hash_key
+    return new if drawn is None else with_hash_key(new, drawn)
 
 
 def changed_sections(old: Config, new: Config) -> list[str]:
@@ -107,9 +105,7 @@ def _changed_apps(section: str, before: dict[str, object], after: dict[str, obje
 
 def changed_keys(old: object, new: object, section: str, keys: Iterable[str]) -> list[str]:
     """Which of `keys` differ between two versions of a section (e.g. `server.admin_listen`)."""
-    return [
-        f"{section}.{key}" for key in keys if getattr(old, key, None) != getattr(new, key, None)
-    ]
+    return [f"{section}.{key}" for key in keys if getattr(old, key) != getattr(new, key)]
 
 
 def log_reloaded(old: Config, new: Config, restart_only: Iterable[str] = ()) -> None:

@@ -26,8 +26,10 @@ from push_relay.testing.ca import TestCA
 log = logging.getLogger("push_relay.sandbox")
 
 # generous enough for trying every example by hand, small enough to show a 429 in six pushes
-LIMITS_TOML = "[limits]\ntoken_per_minute = 12\ntoken_burst = 5\n"
+PER_MINUTE = 12
 BURST = 5
+LIMITS = f"[limits] token_per_minute = {PER_MINUTE}, token_burst = {BURST}"
+LIMITS_TOML = f"[limits]\ntoken_per_minute = {PER_MINUTE}\ntoken_burst = {BURST}\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,8 +147,7 @@ def rate_limit_example(address: str, body: str) -> list[str]:
     count = BURST + 1
     loop = " ".join(str(i) for i in range(1, count + 1))
     return [
-        f"# Rate limit ([limits] token_per_minute = 12, token_burst = {BURST}): one device, "
-        f"{count} times in a row;",
+        f"# Rate limit ({LIMITS}): one device, {count} times in a row;",
         f"# at most {BURST} are delivered at once, so the last is answered 429 Too many requests "
         "with Retry-After (seconds)",
         f"for i in {loop}; do {curl_command(address, body)}; echo; done",

@@ -101,7 +101,7 @@ class Supervisor:
     """Forks, watches and stops the workers; `run()` returns the parent's exit status."""
 
     def __init__(self, config: Config, host: str, port: int, count: int, state: Path) -> None:
-        self.config = reload.with_hash_key(config)
+        self.config = config  # its log hash key is drawn already (`cli`), for every worker
         self.host = host
         self.state = state
         self.sockets = bind_sockets(host, port, count)

@@ -75,7 +75,6 @@ class ProviderTokens:
     """
 
     def __init__(self, key: ApnsKey, clock: Callable[[], float]) -> None:
-        self.key = key
         self.clock = clock
         self._public_keys = {key.key_id: (key, key.public_key())}
         self._current: dict[str, tuple[str, float]] = {}  # key id -> token, since

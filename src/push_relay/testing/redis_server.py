@@ -23,13 +23,13 @@ MISSING = "redis-server is not installed: apt-get install redis-server"
 class RedisServer:
     """One `redis-server` process; `start()` (again after `stop()`) on the same port."""
 
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    def __init__(self, directory: Path) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise AssertionError(MISSING)
         self.binary = binary
         self.directory = directory
-        self.port = port or free_port()
+        self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         directory.mkdir(parents=True, exist_ok=True)
 
@@ -37,7 +37,7 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, timeout: float = 10.0) -> None:
+    def start(self) -> None:
         command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
         command += ["--save", "", "--appendonly", "no", "--dir", str(self.directory)]
         command += ["--protected-mode", "no", "--loglevel", "warning"]
@@ -46,7 +46,7 @@ class RedisServer:
             self.process = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
             )
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + 10.0
         while not self._answers_ping():
             if self.process.poll() is not None:
                 log_text = (self.directory / "redis.log").read_text(errors="replace")
