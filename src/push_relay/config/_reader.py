@@ -93,11 +93,16 @@ class Reader:
             value: str = self.require(s, section, key, str)
         else:
             value = self.get(s, section, key, str, default)
-        if not value.startswith(("https://", "http://")):
-            raise self.error(f"{section}.{key}", f"must be an http(s):// URL, not {value!r}")
-        if upstream and not secure_enough(value):
-            raise self.error(f"{section}.{key}", f"{value!r}: {PLAIN_HTTP}")
+        self.check_url(f"{section}.{key}", value, upstream=upstream)
         return value.rstrip("/")
+
+    def check_url(self, key: str, value: str, *, upstream: bool, what: str = "") -> None:
+        """`value` is an http(s):// URL, and an `upstream` one is http:// only on loopback;
+        `what` names a value that is not the key's own (e.g. a field of its JSON)."""
+        if not value.startswith(("https://", "http://")):
+            raise self.error(key, f"{what}must be an http(s):// URL, not {value!r}")
+        if upstream and not secure_enough(value):
+            raise self.error(key, f"{what}{value!r}: {PLAIN_HTTP}")
 
     def read_file(self, key: str, name: str) -> bytes:
         path = Path(name)

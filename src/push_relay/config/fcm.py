@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from push_relay.config._reader import PLAIN_HTTP, Reader, secure_enough
+from push_relay.config._reader import Reader
 
 FCM_ENDPOINT = "https://fcm.googleapis.com"
 
@@ -67,10 +67,7 @@ def _service_account(r: Reader, encoded: str) -> ServiceAccount:
     if missing:
         raise r.error(key, f"service account lacks {', '.join(missing)}")
     token_uri = info["token_uri"]
-    if not token_uri.startswith(("https://", "http://")):
-        raise r.error(key, f"token_uri must be an http(s):// URL, not {token_uri!r}")
-    if not secure_enough(token_uri):
-        raise r.error(key, f"token_uri {token_uri!r}: {PLAIN_HTTP}")
+    r.check_url(key, token_uri, upstream=True, what="token_uri ")
     return ServiceAccount(
         client_email=info["client_email"],
         private_key=info["private_key"],
