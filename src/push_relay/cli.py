@@ -179,8 +179,7 @@ def _load(path: str) -> config.Config | None:
     except ConfigError as err:
         print(f"push-relay: config error: {err}", file=sys.stderr)
         return None
-    for warning in cfg.warnings:
-        log.warning("%s", warning)
+    reload.log_warnings(cfg)
     return cfg
 
 

@@ -145,27 +145,33 @@ class Reloader:
             self._again = False
             await self.reload()
 
-    async def reload(self) -> bool:
-        """Reload once; False (after one error line) when the new config was refused."""
+    async def reload(self) -> None:
+        """Reload once; a refused config is one error line, and the old one serves on."""
         old = self.app.config
         if self.app.runtime is None or self.app.draining:
             log.warning("reload: ignored while the relay is starting or stopping")
-            return False
+            return
         try:
             # reading the file blocks for a moment at most; key files are small
             new = keep_hash_key(old, config.load(old.path))
             await self.app.use_config(new)
-        except ConfigError as err:
-            log.error("%s: config error: %s", REFUSED, err)
-            return False
-        except Exception as err:  # a backend refused its section: one line, as at start-up
-            log.error("%s: config error: %s: %s", REFUSED, old.path, err)
-            return False
-        for warning in new.warnings:
-            log.warning("%s", warning)
+        except Exception as err:  # also a backend refusing its section, as at start-up
+            log_refused(err, old.path)
+            return
+        log_warnings(new)
         pending = changed_keys(old.server, new.server, "server", _restart_only_server_keys())
         log_reloaded(old, new, pending)
-        return True
+
+
+def log_refused(err: Exception, path: str) -> None:
+    """The one error line of a refused reload."""
+    text = str(err) if isinstance(err, ConfigError) else f"{path}: {err}"
+    log.error("%s: config error: %s", REFUSED, text)
+
+
+def log_warnings(cfg: Config) -> None:
+    for warning in cfg.warnings:
+        log.warning("%s", warning)
 
 
 def _restart_only_server_keys() -> list[str]:

@@ -194,10 +194,9 @@ class Supervisor:
         try:
             new = reload.keep_hash_key(self.config, reload.load_checked(self.config.path))
         except ConfigError as err:
-            log.error("%s: config error: %s", reload.REFUSED, err)
+            reload.log_refused(err, self.config.path)
             return
-        for warning in new.warnings:
-            log.warning("%s", warning)
+        reload.log_warnings(new)
         log.info("reload: replacing %d workers one at a time", len(self.sockets))
         if self.rollout is None:
             self.rollout = Rollout(self, self.config, len(self.sockets))
