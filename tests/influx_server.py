@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
-import signal
 import subprocess
 import time
 import urllib.error
@@ -24,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from push_relay.testing import child
 from push_relay.testing.ports import free_port
 
 ADMIN = "admin"
@@ -137,22 +136,16 @@ class InfluxServer:
         if self.process is None:
             return
         process, self.process = self.process, None
-        os.kill(process.pid, signal.SIGCONT)  # a paused server cannot handle SIGTERM
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        child.stop(process)
 
     def pause(self) -> None:
         """Freeze the server: connections are accepted by the kernel but never answered."""
         assert self.process is not None
-        os.kill(self.process.pid, signal.SIGSTOP)
+        child.freeze(self.process)
 
     def resume(self) -> None:
         assert self.process is not None
-        os.kill(self.process.pid, signal.SIGCONT)
+        child.thaw(self.process)
 
     def _wait_ready(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout

@@ -7,14 +7,13 @@ started again on the same port, as an operator's Redis might be.
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 
+from push_relay.testing import child
 from push_relay.testing.ports import free_port
 
 MISSING = "redis-server is not installed: apt-get install redis-server"
@@ -67,21 +66,14 @@ class RedisServer:
     def freeze(self) -> None:
         """SIGSTOP: connections stay open, nothing is answered."""
         assert self.process is not None
-        os.kill(self.process.pid, signal.SIGSTOP)
+        child.freeze(self.process)
 
     def thaw(self) -> None:
         assert self.process is not None
-        os.kill(self.process.pid, signal.SIGCONT)
+        child.thaw(self.process)
 
     def stop(self) -> None:
         """SIGTERM (after SIGCONT, should it be frozen), SIGKILL if it does not exit."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        os.kill(process.pid, signal.SIGCONT)
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if process is not None:
+            child.stop(process)
